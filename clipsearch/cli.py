@@ -1,0 +1,187 @@
+"""The command line: the only module that prints, exits or reads the environment."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from .errors import ClipSearchError
+
+MODEL_HELP = ("ARCH:PRETRAINED as open_clip names it (fetched into the Hugging Face cache), ARCH:/path/to/weights, "
+              "a checkpoint directory from `clipsearch train`, or `shapes` (the offline demo model). "
+              "Only needed when creating a library: a library remembers its model.")
+
+
+def default_library() -> str:
+    import platformdirs
+
+    return platformdirs.user_data_dir("clipsearch")
+
+
+def library_option(f):
+    return click.option(
+        "--library", "library", type=click.Path(file_okay=False, path_type=str), envvar="CLIPSEARCH_HOME",
+        default=None, show_envvar=True,
+        help="Library directory (default: the platform's user data directory, e.g. ~/.local/share/clipsearch).",
+    )(f)
+
+
+def handle_errors(f):
+    """ClipSearchError -> one line on stderr and its exit code; Ctrl-C -> 130, SIGTERM -> 143."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except ClipSearchError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; every committed batch is kept.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def echo_bytes(text: str, *, err: bool = False) -> None:
+    """Print a line whose paths may hold bytes that are not UTF-8, exactly as the file system has them."""
+    stream = sys.stderr if err else sys.stdout
+    data = (text + "\n").encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape")
+    buf = getattr(stream, "buffer", None)
+    if buf is None:
+        stream.write(data.decode("utf-8", "replace"))
+    else:
+        stream.flush()
+        buf.write(data)
+        buf.flush()
+
+
+def print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def open_library(library: str | None, *, model: str | None = None, create: bool, **options):
+    from .library import Library
+
+    return Library.open(library or default_library(), model=model, create=create, **options)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clipsearch")
+def cli():
+    """Semantic image search: index folders of photos, then search them by text or by example image."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=str))
+@library_option
+@click.option("--model", default=None, envvar="CLIPSEARCH_MODEL", help=MODEL_HELP)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decoding threads (default: the CPU count, up to 4).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="auto: bf16 on CPUs with fast bfloat16 matmul, fp16 on CUDA, otherwise fp32.")
+@click.option("--max-megapixels", default=100.0, show_default=True, type=click.FloatRange(0.01),
+              help="Skip larger images (decompression-bomb guard).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, quiet, as_json):
+    """Index folders of images (all known folders when none is given).
+
+    Incremental: unchanged files are not read again, changed files are re-embedded, deleted files
+    leave the results, and renamed or copied files reuse their vectors.
+    """
+    from tqdm import tqdm
+
+    with open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
+                      precision=precision, max_pixels=int(max_megapixels * 1e6)) as lib:
+        bar = tqdm(total=0, unit="img", desc="indexing", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+
+        def progress(kind: str, n: int) -> None:
+            if kind == "found":
+                bar.total += n
+                bar.refresh()
+            else:
+                bar.update(n)
+
+        try:
+            report = lib.index(list(paths) if paths else None, on_progress=progress)
+        finally:
+            bar.close()
+    if as_json:
+        print_json(report.to_dict())
+        return
+    for s in report.skipped:
+        echo_bytes(f"skipped {s.path}: {s.reason}", err=True)
+    for s in report.incomplete:
+        echo_bytes(f"could not read {s.path}: {s.reason} (nothing under it was removed)", err=True)
+    click.echo(
+        f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, removed {report.removed}, "
+        f"skipped {len(report.skipped)} ({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--image", "image", type=str, default=None, help="Search by an example image instead of text.")
+@click.option("-k", "--limit", "k", default=10, show_default=True, type=int, help="How many results.")
+@library_option
+@click.option("--model", default=None, envvar="CLIPSEARCH_MODEL", help="Must be the library's own model, if given.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path}.")
+@handle_errors
+def query(text, image, k, library, model, device, precision, as_json):
+    """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
+    if k < 1:
+        raise click.BadParameter(f"must be at least 1, not {k}", param_hint="-k/--limit")
+    if (text is None) == (image is None):
+        raise click.UsageError("give a query TEXT or --image PATH (one of them)")
+    if text is not None and not text.strip():
+        raise click.BadParameter("the query text is empty", param_hint="TEXT")
+    with open_library(library, model=model, create=False, device=device, precision=precision) as lib:
+        results = lib.search(text, k=k) if text is not None else lib.search(image=image, k=k)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")
+
+
+@cli.command()
+@library_option
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def status(library, as_json):
+    """The library's model, vector dimension, image count, folders and last index time."""
+    with open_library(library, create=False) as lib:
+        info = lib.status()
+    if as_json:
+        print_json(info)
+        return
+    for key in ("library", "model", "dim", "images", "failed", "deleted", "last_index"):
+        click.echo(f"{key + ':':<12} {info[key] if info[key] is not None else '-'}")
+    click.echo("roots:")
+    for r in info["roots"]:
+        echo_bytes(f"  {r}")
+
+
+def _register_optional_commands() -> None:
+    try:
+        from .cli_training import register
+    except ImportError:
+        return
+    register(cli)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    cli(prog_name="clipsearch")

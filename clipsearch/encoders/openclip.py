@@ -1,0 +1,338 @@
+"""The open_clip encoder: the only module that imports torch and open_clip.
+
+Loading is strict: a model either loads all of its weights or raises ModelUnavailableError; a
+randomly initialised model is never returned for search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ModelUnavailableError
+from . import ModelSpec, l2_normalize
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.bin")
+
+
+@dataclass
+class LoadedClip:
+    """A model with everything needed to use it: its transform, tokenizer and identity."""
+
+    name: str
+    model: object  # open_clip.CLIP
+    preprocess: Callable  # PIL image -> CHW float tensor
+    tokenize: Callable  # list[str] -> LongTensor (token remap applied)
+    arch: str
+    model_cfg: dict
+    preprocess_cfg: dict
+    weights_id: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model_cfg["embed_dim"])
+
+    def fingerprint(self) -> dict:
+        return {
+            "model": self.name,
+            "arch": self.arch,
+            "weights": self.weights_id,
+            "dim": self.dim,
+            "preprocess": {k: self.preprocess_cfg.get(k) for k in sorted(self.preprocess_cfg)},
+            "normalized": True,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _unavailable(spec: ModelSpec, why: str) -> ModelUnavailableError:
+    ways = (
+        "clipsearch fetches weights through open_clip into the Hugging Face cache ($HF_HOME or "
+        "~/.cache/huggingface) when the network is available; with HF_HUB_OFFLINE=1 they must already be "
+        "in that cache; or give a local file as --model ARCH:/path/to/weights.safetensors, or a checkpoint "
+        "directory written by `clipsearch train`"
+    )
+    return ModelUnavailableError(f"cannot load model {spec.name}: {why}. {ways}")
+
+
+def read_state_dict(path: Path) -> dict:
+    """Weights from safetensors, or a torch file loaded with weights_only=True (no pickle code runs)."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # the unpickler refuses anything but tensors and plain containers
+            raise ModelUnavailableError(f"refusing to load {path}: not a plain weights file ({type(e).__name__})") from None
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict):
+            raise ModelUnavailableError(f"{path} does not hold a state dict")
+    if sd and next(iter(sd)).startswith("module."):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _build(model_cfg: dict, arch_name: str):
+    """An open_clip model from a config dict, with uninitialised (to be loaded) weights."""
+    import open_clip
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = dict(model_cfg)
+    cfg.pop("custom_text", None)
+    cls = CustomTextCLIP if model_cfg.get("custom_text") or "hf_model_name" in cfg.get("text_cfg", {}) else CLIP
+    return cls(**cfg)
+
+
+def _load_weights(model, sd: dict, spec: ModelSpec) -> None:
+    import torch
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise _unavailable(spec, f"the weights do not fit the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise _unavailable(spec, f"weight {k} has shape {tuple(v.shape)}, the architecture wants {tuple(own[k].shape)}")
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_clip(spec: ModelSpec, *, device: str = "cpu", cache_dir: str | None = None) -> LoadedClip:
+    """Load a model strictly, in eval mode, on `device`."""
+    import open_clip
+    import torch
+
+    extra: dict = {}
+    if spec.kind in ("builtin", "dir"):
+        cfg_path = Path(spec.path) / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise _unavailable(spec, f"{cfg_path} is missing")
+        conf = json.loads(cfg_path.read_text())
+        model_cfg = conf["model_cfg"]
+        extra = conf.get("clipsearch", {})
+        weights = next((Path(spec.path) / n for n in WEIGHT_NAMES if (Path(spec.path) / n).is_file()), None)
+        if weights is None:
+            raise _unavailable(spec, f"no weights file ({' or '.join(WEIGHT_NAMES)}) in {spec.path}")
+        model = _build(model_cfg, spec.name)
+        _load_weights(model, read_state_dict(weights), spec)
+        pp = open_clip.transform.merge_preprocess_dict(
+            open_clip.transform.PreprocessCfg(size=_size(model)), conf.get("preprocess_cfg", {}))
+        arch = extra.get("arch", model_cfg.get("name", "custom"))
+        weights_id = "sha256:" + sha256_file(weights)
+    elif spec.kind == "file":
+        model_cfg = open_clip.get_model_config(spec.arch)
+        if model_cfg is None:
+            raise _unavailable(spec, f"unknown architecture {spec.arch!r} (see open_clip.list_models())")
+        model = open_clip.create_model(spec.arch, pretrained=None, device="cpu")
+        _load_weights(model, read_state_dict(spec.path), spec)
+        pp = open_clip.transform.merge_preprocess_dict(
+            open_clip.transform.PreprocessCfg(size=_size(model)), model_cfg.get("preprocess_cfg", {}))
+        arch = spec.arch
+        weights_id = "sha256:" + sha256_file(spec.path)
+    else:  # pretrained tag or hf-hub: open_clip's own resolution and cache
+        if spec.kind == "pretrained":
+            if spec.arch not in open_clip.list_models():
+                raise _unavailable(spec, f"unknown architecture {spec.arch!r}")
+            tags = open_clip.list_pretrained_tags_by_model(spec.arch)
+            if spec.pretrained not in tags:
+                raise _unavailable(spec, f"unknown pretrained tag {spec.pretrained!r} for {spec.arch} (known: {', '.join(tags) or 'none'})")
+        try:
+            model, preprocess_val = open_clip.create_model_from_pretrained(
+                spec.arch if spec.kind == "pretrained" else spec.name,
+                pretrained=spec.pretrained, cache_dir=cache_dir, device="cpu",
+            )
+        except (RuntimeError, OSError, ValueError) as e:
+            raise _unavailable(spec, _first_line(e)) from None
+        except Exception as e:  # huggingface_hub raises its own tree (offline, not cached, ...)
+            if type(e).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib3")):
+                raise _unavailable(spec, _first_line(e)) from None
+            raise
+        model_cfg = open_clip.get_model_config(spec.arch) if spec.kind == "pretrained" else {}
+        if not model_cfg:
+            model_cfg = {"embed_dim": int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None else 0}
+        from open_clip.model import get_model_preprocess_cfg
+
+        pp = dict(get_model_preprocess_cfg(model))
+        arch = spec.arch
+        weights_id = f"pretrained:{spec.pretrained}" if spec.kind == "pretrained" else spec.name
+    model.eval()
+    model.requires_grad_(False)
+    if device != "cpu":
+        model.to(device)
+    pp = dict(pp)
+    preprocess = open_clip.transform.image_transform_v2(open_clip.transform.PreprocessCfg(**{
+        k: v for k, v in pp.items() if k in open_clip.transform.PreprocessCfg.__dataclass_fields__
+    }), is_train=False)
+    base_tok = open_clip.get_tokenizer(spec.arch) if spec.kind in ("pretrained", "file") else None
+    if base_tok is None:
+        ctx = int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+        base_tok = open_clip.SimpleTokenizer(context_length=ctx)
+    token_ids = extra.get("token_ids")
+    if token_ids:
+        from ..training.vocab import remap_tokens
+
+        def tokenize(texts):
+            return remap_tokens(base_tok(list(texts)), token_ids)
+    else:
+        def tokenize(texts):
+            return base_tok(list(texts))
+    return LoadedClip(name=spec.name, model=model, preprocess=preprocess, tokenize=tokenize, arch=arch,
+                      model_cfg=model_cfg, preprocess_cfg=pp, weights_id=weights_id, extra=extra)
+
+
+def _size(model) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(size if isinstance(size, int) else max(size))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda when a GPU is visible, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision == "auto":
+        if device == "cuda":
+            return "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    return precision
+
+
+class OpenClipEncoder:
+    """Embeds PIL images and texts with an open_clip model; returns unit float32 rows."""
+
+    def __init__(self, loaded: LoadedClip, *, device: str = "cpu", precision: str = "fp32"):
+        import torch
+
+        self.loaded = loaded
+        self.name = loaded.name
+        self.dim = loaded.dim
+        self.device = device
+        self.precision = precision
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        if self.dtype != torch.float32:
+            loaded.model.to(self.dtype)
+        self.image_size = _image_size(loaded)
+        self._trim = _can_trim_text(loaded.model)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str = "auto", precision: str = "auto", cache_dir: str | None = None):
+        dev = resolve_device(device)
+        return cls(load_clip(spec, device=dev, cache_dir=cache_dir), device=dev, precision=resolve_precision(precision, dev))
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.loaded.fingerprint()
+
+    def preprocess(self, image):
+        return self.loaded.preprocess(image)
+
+    def embed_batch(self, tensors: Sequence) -> np.ndarray:
+        import torch
+
+        if len(tensors) == 0:
+            return np.empty((0, self.dim), np.float32)
+        x = torch.stack(list(tensors)).to(self.device, self.dtype)
+        with torch.inference_mode():
+            out = self.loaded.model.encode_image(x)
+        return _to_unit(out)
+
+    def embed_images(self, images: Sequence) -> np.ndarray:
+        return self.embed_batch([self.preprocess(im) for im in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if len(texts) == 0:
+            return np.empty((0, self.dim), np.float32)
+        tokens = self.loaded.tokenize(list(texts)).to(self.device)
+        with torch.inference_mode():
+            if self._trim:
+                out = _encode_text_trimmed(self.loaded.model, tokens, self.dtype)
+            else:
+                out = self.loaded.model.encode_text(tokens)
+        return _to_unit(out)
+
+
+def _to_unit(t) -> np.ndarray:
+    a = t.float().cpu().numpy()
+    # non-finite rows stay non-finite, so the caller can refuse them; the rest are normalised
+    return l2_normalize(a)
+
+
+def _image_size(loaded: LoadedClip) -> int:
+    size = loaded.preprocess_cfg.get("size", 224)
+    return int(size if isinstance(size, int) else max(size))
+
+
+def _can_trim_text(model) -> bool:
+    """Cutting the context after the last end-of-text token is exact for causal text towers."""
+    return (
+        hasattr(model, "token_embedding") and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+        and hasattr(model, "positional_embedding")
+    )
+
+
+def _encode_text_trimmed(model, tokens, dtype):
+    """model.encode_text on tokens[:, :L], L = the longest sequence up to its end token."""
+    from open_clip.transformer import text_global_pool
+
+    if model.text_pool_type == "argmax":
+        ends = tokens.argmax(dim=-1)
+    else:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    n = int(ends.max()) + 1
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast)
+    x = x + model.positional_embedding[:n].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
+    return x

@@ -1,0 +1,177 @@
+"""Finding image files, reading them once, fingerprinting and decoding them safely to RGB.
+
+Nothing here touches the catalog or the model. Failures of one file raise ImageError with a
+one-line reason; the indexer records it and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 100_000_000  # a 100-megapixel image decodes to ~300 MB of RGB
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A regular file found by the walk, with what change detection needs."""
+
+    path: bytes
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+@dataclass
+class WalkErrors:
+    """Directories the walk could not read: their subtrees are incomplete, so nothing is swept."""
+
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+
+def is_image_name(name: bytes) -> bool:
+    dot = name.rfind(b".")
+    return dot > 0 and os.fsdecode(name[dot:]).lower() in IMAGE_EXTENSIONS
+
+
+def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False) -> Iterator[Entry]:
+    """Depth-first, sorted, without following symlinks (so no loops), regular image files only."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            errors.errors.append((d, e.strerror or str(e)))
+            continue
+        subdirs = []
+        for e in entries:
+            if not include_hidden and e.name.startswith(b"."):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(e.path)
+                    continue
+                if not is_image_name(e.name):
+                    continue
+                st = e.stat(follow_symlinks=False)
+            except OSError as err:
+                errors.errors.append((e.path, err.strerror or str(err)))
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino)
+        stack.extend(reversed(subdirs))
+
+
+def read_file(entry: Entry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """One read of a regular file's bytes; the file must not change while it is read."""
+    if entry.size > max_bytes:
+        raise ImageError(f"file is {entry.size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        raise ImageError(f"cannot open: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError("not a regular file")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 22))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        after = os.fstat(fd)
+    except OSError as e:
+        raise ImageError(f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ImageError(f"file is over the {max_bytes / 1e6:.0f} MB limit")
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != after.st_size:
+        raise ImageError("file changed while it was read; it will be indexed on the next run")
+    return data
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None):
+    """Bytes to an RGB PIL image: pixel limit before decoding, JPEG draft, EXIF orientation, modes.
+
+    `draft` asks JPEG decoding to scale down in the DCT domain while keeping both sides >= draft.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"image is {w}x{h} ({w * h / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit")
+            if draft and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rgb = to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except Image.DecompressionBombWarning as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image Pillow can identify") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, KeyError) as e:
+        raise ImageError(f"cannot decode: {type(e).__name__}: {e}".rstrip(": ")) from None
+    except MemoryError:
+        raise ImageError("out of memory while decoding") from None
+    return rgb, (w, h)
+
+
+def to_rgb(im):
+    """Convert any Pillow mode to RGB the way a person would see it.
+
+    16-bit and 32-bit greyscale are scaled to 8 bits (convert('RGB') would clip them to white);
+    transparency is composited onto white.
+    """
+    from PIL import Image
+    import numpy as np
+
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        lo, hi = float(a.min(initial=0)), float(a.max(initial=1))
+        a = ((a - lo) / (hi - lo or 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, im).convert("RGB")
+    return im.convert("RGB")

@@ -1,0 +1,229 @@
+"""Folder -> changed files -> bytes, hash, decoded pixels (worker threads) -> vectors -> one commit per batch.
+
+Nothing here prints; progress goes to an optional callback. Each batch is committed in one SQLite
+transaction (the commit point), so an interrupted run keeps every batch before the last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import imaging
+from .errors import ImageError, LibraryError
+from .store import Catalog, Record
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int], None]  # ("found" | "done", count)
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    reused: int = 0  # new or changed paths whose content was already embedded (renames, copies)
+    embedded: int = 0  # images that went through the encoder
+    batches: int = 0
+    incomplete: list[Skipped] = field(default_factory=list)  # directories not read: nothing swept there
+    roots: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added, "updated": self.updated, "unchanged": self.unchanged, "removed": self.removed,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "reused": self.reused, "embedded": self.embedded, "batches": self.batches,
+            "incomplete": [{"path": s.path, "reason": s.reason} for s in self.incomplete],
+            "roots": self.roots, "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Item:
+    entry: imaging.Entry
+    is_new: bool
+    content_hash: str | None = None
+    tensor: object = None  # preprocessed pixels when the content is new
+    error: str | None = None
+    size: tuple[int, int] | None = None
+
+
+class Indexer:
+    def __init__(self, catalog: Catalog, encoder, *, batch_size: int = 32, workers: int | None = None,
+                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS, on_progress: ProgressCallback | None = None,
+                 on_commit: Callable[[int], None] | None = None, include_hidden: bool = False):
+        self.catalog = catalog
+        self.encoder = encoder
+        self.batch_size = max(1, batch_size)
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self.max_pixels = max_pixels
+        self.on_progress = on_progress or (lambda kind, n: None)
+        self.on_commit = on_commit or (lambda seq: None)
+        self.include_hidden = include_hidden
+        self._local = threading.local()
+
+    # -- per-thread read-only lookups of known content -----------------------------------------
+    def _known(self, content_hash: str) -> bool:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(f"file:{self.catalog.db_path}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("PRAGMA busy_timeout=30000")
+            self._local.con = con
+            self._cons.append(con)
+        return con.execute("SELECT 1 FROM embeddings WHERE content_hash=?", (content_hash,)).fetchone() is not None
+
+    def _prepare(self, item: _Item) -> _Item:
+        """Worker: read the bytes once, hash them, and decode only when the content is new."""
+        try:
+            data = imaging.read_file(item.entry)
+            item.content_hash = imaging.content_hash(data)
+            if self._known(item.content_hash):
+                return item
+            image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft)
+            item.tensor = self.encoder.preprocess(image)
+        except ImageError as e:
+            item.error = e.reason
+        except Exception as e:  # one bad file never stops the run
+            logger.debug("unexpected failure on %r", item.entry.path, exc_info=True)
+            item.error = f"{type(e).__name__}: {e}"
+        return item
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self, roots: Iterable[Path]) -> IndexReport:
+        report = IndexReport()
+        start = time.perf_counter()
+        self._cons: list[sqlite3.Connection] = []
+        self._draft = getattr(self.encoder, "image_size", 224)
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-decode") as pool:
+                for root in roots:
+                    self._run_root(Path(root), pool, report)
+        finally:
+            for con in self._cons:
+                con.close()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _run_root(self, root: Path, pool: ThreadPoolExecutor, report: IndexReport) -> None:
+        root = Path(os.path.abspath(os.path.expanduser(root)))
+        if not root.is_dir():
+            raise LibraryError(f"{root} is not a readable directory; nothing under it was changed")
+        root_b = os.fsencode(root)
+        report.roots.append(os.fsdecode(root_b))
+        root_id = self.catalog.add_root(root_b)
+        scan = self.catalog.new_scan()
+        walk_errors = imaging.WalkErrors()
+
+        pending: deque = deque()
+        batch: list[_Item] = []
+        limit = self.batch_size * 2 + self.workers
+        for item in self._changed(imaging.walk(root_b, walk_errors, include_hidden=self.include_hidden),
+                                  scan, report):
+            pending.append(pool.submit(self._prepare, item))
+            while len(pending) >= limit or (pending and pending[0].done()):
+                batch.append(pending.popleft().result())
+                if len(batch) >= self.batch_size:
+                    self._commit(batch, root_id, scan, report)
+                    batch = []
+        while pending:
+            batch.append(pending.popleft().result())
+            if len(batch) >= self.batch_size:
+                self._commit(batch, root_id, scan, report)
+                batch = []
+        if batch:
+            self._commit(batch, root_id, scan, report)
+
+        for path, reason in walk_errors.errors:
+            report.incomplete.append(Skipped(os.fsdecode(path), reason))
+        complete = not walk_errors
+        if complete:
+            removed, seq = self.catalog.sweep(root_b, scan)
+            report.removed += removed
+            if removed:
+                self.on_commit(seq)
+        self.catalog.touch_root(root_id, complete=complete)
+
+    def _changed(self, entries: Iterator[imaging.Entry], scan: int, report: IndexReport) -> Iterator[_Item]:
+        """Split the walk into unchanged files (marked seen) and items to process, a chunk at a time."""
+        chunk: list[imaging.Entry] = []
+
+        def flush():
+            known = self.catalog.lookup([e.path for e in chunk])
+            seen = []
+            out = []
+            for e in chunk:
+                row = known.get(e.path)
+                if (row is not None and row.status in ("ok", "failed") and row.size == e.size
+                        and row.mtime_ns == e.mtime_ns and row.ino == e.ino):
+                    seen.append(row.id)
+                    report.unchanged += 1
+                else:
+                    out.append(_Item(e, is_new=row is None or row.status == "deleted"))
+            self.catalog.mark_seen(seen, scan)
+            self.on_progress("found", len(chunk))
+            self.on_progress("done", len(seen))
+            return out
+
+        for e in entries:
+            chunk.append(e)
+            if len(chunk) >= 256:
+                yield from flush()
+                chunk = []
+        if chunk:
+            yield from flush()
+
+    def _commit(self, batch: list[_Item], root_id: int, scan: int, report: IndexReport) -> None:
+        to_embed = [it for it in batch if it.error is None and it.tensor is not None]
+        vectors = self.encoder.embed_batch([it.tensor for it in to_embed]) if to_embed else None
+        records = []
+        embedded = {id(it): i for i, it in enumerate(to_embed)}
+        for it in batch:
+            e = it.entry
+            rec = Record(path=e.path, size=e.size, mtime_ns=e.mtime_ns, ino=e.ino, content_hash=it.content_hash,
+                         error=it.error)
+            if it.size:
+                rec.width, rec.height = it.size
+            if it.error is None and id(it) in embedded:
+                v = vectors[embedded[id(it)]]
+                if not np.all(np.isfinite(v)) or not np.isclose(np.linalg.norm(v), 1.0, atol=1e-3):
+                    rec.error = "the model produced a non-finite vector for this image"
+                else:
+                    rec.vector = v
+            records.append(rec)
+        seq = self.catalog.commit_batch(records, root_id=root_id, scan=scan)
+        report.batches += 1
+        report.embedded += len(to_embed)
+        for it, rec in zip(batch, records):
+            if rec.error is not None:
+                report.skipped.append(Skipped(os.fsdecode(it.entry.path), rec.error))
+                continue
+            if it.is_new:
+                report.added += 1
+            else:
+                report.updated += 1
+            if it.tensor is None:
+                report.reused += 1
+        for it in batch:
+            it.tensor = None
+        self.on_commit(seq)
+        self.on_progress("done", len(batch))

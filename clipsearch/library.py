@@ -1,0 +1,334 @@
+"""The Library facade, the Python API: open a library directory, index folders, search them.
+
+    lib = Library.open("~/my-library")
+    lib.index(["~/Photos"])            # -> IndexReport
+    lib.search("a dorsal hand", k=5)   # -> [Result(rank, score, path, ...)]
+    lib.search(image="hand.jpg")
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import imaging
+from .encoders import DEFAULT_MODEL, parse_model_spec
+from .errors import (ConfigError, EmptyLibraryError, ImageError, IntegrityError, LibraryError,
+                     LibraryLockedError, LibraryNotFoundError, ModelMismatchError)
+from .indexer import Indexer, IndexReport, ProgressCallback
+from .search import Result, rank
+from .store import DB_NAME, Catalog, dumps
+from .vector_index import INDEX_NAME, CacheHeader, VectorIndex, remove_orphans
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = "lock"
+PUBLISH_EVERY_SECONDS = 30.0
+
+
+def fingerprint_id(fp: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(dumps(fp).encode()).hexdigest()[:16]
+
+
+class Library:
+    """A directory holding library.db (the truth), index.faiss (a cache) and a writer lock."""
+
+    def __init__(self, path: Path, catalog: Catalog, *, model: str, encoder=None, device: str = "auto",
+                 precision: str = "auto", batch_size: int = 32, workers: int | None = None,
+                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS):
+        self.path = path
+        self.catalog = catalog
+        self.model_name = model
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self.workers = workers
+        self.max_pixels = max_pixels
+        self._encoder = encoder
+        self._index: VectorIndex | None = None
+        self._lock_fd: int | None = None
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, model: str | None = None, create: bool = True, encoder=None,
+             **options) -> "Library":
+        """Open the library at `path`, creating it (with `model`, default DEFAULT_MODEL) if missing.
+
+        `model` must be the library's own model when the library has vectors already; a different
+        one raises ModelMismatchError naming both.
+        """
+        path = Path(os.path.expanduser(os.fspath(path))).absolute()
+        db = path / DB_NAME
+        if not db.exists():
+            if not create:
+                raise LibraryNotFoundError(f"no library at {path}; run `clipsearch index DIR` to create one")
+            if path.exists() and not path.is_dir():
+                raise LibraryError(f"{path} exists and is not a directory")
+            path.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog.open(db)
+        try:
+            stored = catalog.get_meta("model")
+            wanted = parse_model_spec(model).name if model else None
+            if encoder is not None and wanted is None:
+                wanted = encoder.name
+            if stored is None or (wanted and wanted != stored and catalog.get_meta("model_fingerprint") is None):
+                stored = wanted or parse_model_spec(DEFAULT_MODEL).name
+                catalog.set_meta(model=stored)
+            elif wanted and wanted != stored:
+                raise ModelMismatchError(
+                    f"the library at {path} was built with model {stored}; it cannot be used with {wanted}. "
+                    f"Leave out --model to use {stored}, or give another --library for {wanted}"
+                )
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(path, catalog, model=stored, encoder=encoder, **options)
+
+    def close(self) -> None:
+        self._release_lock()
+        self.catalog.close()
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the model ------------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        """The library's model, loaded on first use and checked against the recorded fingerprint."""
+        if self._encoder is None:
+            from .encoders import load_encoder
+
+            self._encoder = load_encoder(self.model_name, device=self.device, precision=self.precision)
+        self._check_fingerprint(self._encoder)
+        return self._encoder
+
+    def _check_fingerprint(self, encoder) -> None:
+        if getattr(self, "_fp_checked", None) is encoder:
+            return
+        fp = dict(encoder.fingerprint)
+        fid = fingerprint_id(fp)
+        meta = self.catalog.all_meta()
+        stored = meta.get("model_fingerprint")
+        if stored is None:
+            self.catalog.set_meta(model_fingerprint=fid, model_fingerprint_json=dumps(fp), dim=str(encoder.dim))
+        elif stored != fid:
+            old = json.loads(meta.get("model_fingerprint_json", "{}"))
+            raise ModelMismatchError(
+                f"the library at {self.path} was built with model {old.get('model', meta.get('model'))} "
+                f"(weights {old.get('weights')}, dim {old.get('dim')}); the model now loaded is {fp.get('model')} "
+                f"(weights {fp.get('weights')}, dim {fp.get('dim')}). Its vectors would not be comparable; "
+                f"index into another --library"
+            )
+        self._fp_checked = encoder
+
+    @property
+    def dim(self) -> int | None:
+        d = self.catalog.get_meta("dim")
+        return int(d) if d else None
+
+    # -- the writer lock -----------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LibraryLockedError(f"the library at {self.path} is being indexed by {holder}; try again when it finishes") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def _try_lock(self) -> bool:
+        try:
+            self._acquire_lock()
+            return True
+        except LibraryLockedError:
+            return False
+
+    # -- the vector cache ------------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.path / INDEX_NAME
+
+    def _header(self) -> CacheHeader:
+        meta = self.catalog.all_meta()
+        return CacheHeader(library_uuid=meta["library_uuid"], model_fingerprint=meta.get("model_fingerprint", ""),
+                           dim=int(meta["dim"]), watermark_seq=0, ntotal=0)
+
+    def vector_index(self) -> VectorIndex:
+        """The cache, loaded or rebuilt, and caught up with every commit so far."""
+        dim = self.dim
+        if dim is None:
+            raise EmptyLibraryError(f"the library at {self.path} has no images yet; run `clipsearch index DIR`")
+        if self._index is None:
+            self._index = self._load_cache(dim)
+        self._catch_up(self._index)
+        return self._index
+
+    def _load_cache(self, dim: int) -> VectorIndex:
+        expected = self._header()
+        if self.index_path.exists():
+            try:
+                index, header = VectorIndex.load(self.index_path)
+                problem = None
+                if header.library_uuid != expected.library_uuid:
+                    problem = "it belongs to another library"
+                elif header.model_fingerprint != expected.model_fingerprint or header.dim != dim:
+                    problem = "it was built by another model"
+                elif header.watermark_seq > self.catalog.seq:
+                    problem = "it is ahead of the database (the database lost commits)"
+                if problem is None:
+                    return index
+                logger.warning("rebuilding the search cache %s: %s", self.index_path, problem)
+            except (IntegrityError, OSError, RuntimeError) as e:
+                logger.warning("rebuilding the search cache %s: %s", self.index_path, e)
+                try:
+                    os.replace(self.index_path, self.index_path.with_suffix(".faiss.corrupt"))
+                except OSError:
+                    pass
+        return self._rebuild(dim)
+
+    def _rebuild(self, dim: int) -> VectorIndex:
+        seq = self.catalog.seq
+        ids, vecs = self.catalog.live_vectors(dim)
+        index = VectorIndex(dim, watermark=seq)
+        index.add(ids, vecs)
+        # commits after `seq` are caught up next
+        return index
+
+    def _catch_up(self, index: VectorIndex) -> bool:
+        seq = self.catalog.seq
+        if seq == index.watermark:
+            return False
+        dead, ids, vecs = self.catalog.changes_since(index.watermark, index.dim)
+        index.remove(dead)
+        index.add(ids, vecs)
+        index.watermark = seq
+        return True
+
+    def _publish(self, index: VectorIndex) -> None:
+        """Write the cache file; the database is made durable first so the cache is never ahead of it."""
+        self.catalog.make_durable()
+        index.save(self.index_path, self._header())
+
+    # -- indexing -------------------------------------------------------------------------------
+    def index(self, paths: Iterable[str | os.PathLike] | None = None, *,
+              on_progress: ProgressCallback | None = None) -> IndexReport:
+        """Index folders (all known roots when `paths` is None). Returns what changed."""
+        if paths is None:
+            roots = [Path(os.fsdecode(r["path"])) for r in self.catalog.roots()]
+            if not roots:
+                raise ConfigError("no folders to index: give at least one")
+        else:
+            roots = [Path(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
+        for r in roots:
+            if not r.is_dir():
+                raise LibraryError(f"{r} is not a readable directory; nothing under it was changed")
+        self._acquire_lock()
+        try:
+            remove_orphans(self.path)
+            encoder = self.encoder
+            index = self._load_cache(encoder.dim) if self.dim is not None else VectorIndex(encoder.dim)
+            self._catch_up(index)
+            last_publish = time.monotonic()
+
+            def on_commit(seq: int) -> None:
+                nonlocal last_publish
+                self._catch_up(index)
+                if time.monotonic() - last_publish > PUBLISH_EVERY_SECONDS:
+                    self._publish(index)
+                    last_publish = time.monotonic()
+
+            indexer = Indexer(self.catalog, encoder, batch_size=self.batch_size, workers=self.workers,
+                              max_pixels=self.max_pixels, on_progress=on_progress, on_commit=on_commit)
+            try:
+                report = indexer.run(roots)
+            finally:
+                self.catalog.set_meta(last_index_at=repr(time.time()))
+                self._catch_up(index)
+                self._publish(index)
+                self._index = index
+            self.catalog.checkpoint()
+            return report
+        finally:
+            self._release_lock()
+
+    # -- searching ------------------------------------------------------------------------------
+    def search(self, text: str | None = None, *, image: str | os.PathLike | None = None, k: int = 10) -> list[Result]:
+        """The k images closest to a text or to an example image, best first, with cosine scores."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a whole number of at least 1, not {k!r}")
+        if (text is None) == (image is None):
+            raise ConfigError("search takes a text or an image=, not both or neither")
+        if text is not None and not text.strip():
+            raise ConfigError("the query text is empty")
+        index = self.vector_index()
+        exclude: frozenset[bytes] = frozenset()
+        if text is not None:
+            q = self.encoder.embed_texts([text])[0]
+        else:
+            q = self.embed_image_file(image)
+        if not np.all(np.isfinite(q)):
+            raise IntegrityError("the model produced a non-finite query vector")
+        if index.ntotal == 0:
+            return []
+        return rank(index, self.catalog, q, k, exclude_paths=exclude)
+
+    def embed_image_file(self, image: str | os.PathLike) -> np.ndarray:
+        p = Path(os.path.expanduser(os.fspath(image)))
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise ImageError(f"cannot read query image {p}: {e.strerror}") from None
+        import stat as _stat
+
+        if not _stat.S_ISREG(st.st_mode):
+            raise ImageError(f"query image {p} is not a regular file")
+        entry = imaging.Entry(os.fsencode(p), st.st_size, st.st_mtime_ns, st.st_ino)
+        try:
+            data = imaging.read_file(entry)
+            img, _ = imaging.decode(data, max_pixels=self.max_pixels, draft=getattr(self.encoder, "image_size", 224))
+        except ImageError as e:
+            raise ImageError(f"cannot use query image {p}: {e.reason}") from None
+        return self.encoder.embed_batch([self.encoder.preprocess(img)])[0]
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self) -> dict:
+        meta = self.catalog.all_meta()
+        counts = self.catalog.counts()
+        last = meta.get("last_index_at")
+        return {
+            "library": str(self.path),
+            "model": meta.get("model"),
+            "model_fingerprint": meta.get("model_fingerprint"),
+            "dim": int(meta["dim"]) if meta.get("dim") else None,
+            "images": counts["ok"],
+            "vectors": counts["vectors"],
+            "failed": counts["failed"],
+            "deleted": counts["deleted"],
+            "roots": [os.fsdecode(r["path"]) for r in self.catalog.roots()],
+            "last_index": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(last))) if last else None,
+            "seq": int(meta.get("seq", 0)),
+        }

@@ -1,0 +1,182 @@
+"""The search cache: a FAISS `IndexIDMap2(IndexFlatIP)` over the live embeddings, ids = embedding row ids.
+
+The only module importing faiss. The file is a container:
+
+    MAGIC (8 bytes) | header length (4 bytes, little endian) | JSON header | faiss.serialize_index bytes
+
+header = {format, library_uuid, model_fingerprint, dim, watermark_seq, ntotal, sha256 of the body}.
+It is published with write-temp, fsync, os.replace and a directory fsync, never with
+faiss.write_index (which truncates the target first). It is a cache: the catalog can always rebuild it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IntegrityError
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"CLPSFAI1"
+FORMAT = 1
+INDEX_NAME = "index.faiss"
+
+
+def _faiss():
+    import faiss
+
+    # one query at a time: BLAS is faster from ~20 queries up (perf-notes), and exact either way
+    faiss.cvar.distance_compute_blas_threshold = 20
+    return faiss
+
+
+@dataclass
+class CacheHeader:
+    library_uuid: str
+    model_fingerprint: str
+    dim: int
+    watermark_seq: int
+    ntotal: int
+    sha256: str = ""
+    format: int = FORMAT
+
+
+class VectorIndex:
+    """An exact inner-product index keyed by embedding ids, with the commit seq it reflects."""
+
+    def __init__(self, dim: int, index=None, watermark: int = 0):
+        faiss = _faiss()
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.watermark = watermark
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.shape[0] != len(ids):
+            raise ValueError(f"expected {len(ids)} vectors of dimension {self.dim}, got shape {vectors.shape}")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.remove(ids)  # idempotent: adding an id twice replaces it
+        self.index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids) == 0 or self.ntotal == 0:
+            return
+        self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top k (scores, ids) for one query vector, FAISS's -1 padding dropped."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query has dimension {q.shape[1]}, the index {self.dim}")
+        k = min(k, self.ntotal)
+        if k <= 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        scores, ids = self.index.search(q, k)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
+
+    def ids(self) -> np.ndarray:
+        faiss = _faiss()
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def vectors(self) -> np.ndarray:
+        """All stored vectors in id-map order (for checks)."""
+        flat = _faiss().downcast_index(self.index.index)
+        return flat.reconstruct_n(0, self.ntotal) if self.ntotal else np.empty((0, self.dim), np.float32)
+
+    # -- the cache file --------------------------------------------------------------------------
+    def save(self, path: Path, header: CacheHeader) -> None:
+        faiss = _faiss()
+        body = faiss.serialize_index(self.index).tobytes()
+        header.sha256 = hashlib.sha256(body).hexdigest()
+        header.ntotal = self.ntotal
+        header.dim = self.dim
+        header.watermark_seq = self.watermark
+        head = json.dumps(header.__dict__, sort_keys=True).encode()
+        atomic_write(Path(path), [MAGIC, len(head).to_bytes(4, "little"), head, body])
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["VectorIndex", CacheHeader]:
+        """Read and verify a cache file; IntegrityError when it is damaged in any way."""
+        faiss = _faiss()
+        data = Path(path).read_bytes()
+        if len(data) < 12 or data[:8] != MAGIC:
+            raise IntegrityError(f"{path}: not a clipsearch index cache")
+        n = int.from_bytes(data[8:12], "little")
+        try:
+            header = CacheHeader(**json.loads(data[12:12 + n]))
+        except (ValueError, TypeError) as e:
+            raise IntegrityError(f"{path}: unreadable header ({e})") from e
+        body = data[12 + n:]
+        if hashlib.sha256(body).hexdigest() != header.sha256:
+            raise IntegrityError(f"{path}: checksum mismatch")
+        index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
+        if index.d != header.dim or index.ntotal != header.ntotal:
+            raise IntegrityError(f"{path}: header does not match its contents")
+        return cls(header.dim, index, header.watermark_seq), header
+
+
+def atomic_write(path: Path, chunks: list[bytes]) -> None:
+    """Publish a file whole or not at all: temp file, fsync, os.replace, directory fsync."""
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_orphans(directory: Path) -> None:
+    """Temp files left by a writer that died mid-publish."""
+    for p in Path(directory).glob(f"{INDEX_NAME}.tmp.*"):
+        try:
+            pid = int(p.name.rsplit(".", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

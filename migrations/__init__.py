@@ -1,0 +1,1 @@
+"""Alembic migrations of a clipsearch library (installed as clipsearch.migrations)."""
