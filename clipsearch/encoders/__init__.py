@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 
 BUILTIN_MODELS = {"shapes": "the offline demo model trained on the shapes domain (ships with clipsearch)"}
-DEFAULT_MODEL = "ViT-B-32-256:datacomp_s34b_b86k"
+DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 
 
 class Encoder(Protocol):
