@@ -135,9 +135,10 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
 @click.option("--model", default=None, envvar="CLIPSEARCH_MODEL", help="Must be the library's own model, if given.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path}.")
+@click.option("--min-score", type=float, default=None, help="Leave out results whose cosine score is lower.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id}.")
 @handle_errors
-def query(text, image, k, library, model, device, precision, as_json):
+def query(text, image, k, library, model, device, precision, min_score, as_json):
     """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
     if k < 1:
         raise click.BadParameter(f"must be at least 1, not {k}", param_hint="-k/--limit")
@@ -146,7 +147,10 @@ def query(text, image, k, library, model, device, precision, as_json):
     if text is not None and not text.strip():
         raise click.BadParameter("the query text is empty", param_hint="TEXT")
     with open_library(library, model=model, create=False, device=device, precision=precision) as lib:
-        results = lib.search(text, k=k) if text is not None else lib.search(image=image, k=k)
+        if text is not None:
+            results = lib.search(text, k=k, min_score=min_score)
+        else:
+            results = lib.search(image=image, k=k, min_score=min_score)
     if as_json:
         print_json([r.to_dict() for r in results])
         return

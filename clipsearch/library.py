@@ -276,8 +276,12 @@ class Library:
             self._release_lock()
 
     # -- searching ------------------------------------------------------------------------------
-    def search(self, text: str | None = None, *, image: str | os.PathLike | None = None, k: int = 10) -> list[Result]:
-        """The k images closest to a text or to an example image, best first, with cosine scores."""
+    def search(self, text: str | None = None, *, image: str | os.PathLike | None = None, k: int = 10,
+               min_score: float | None = None) -> list[Result]:
+        """The k images closest to a text or to an example image, best first, with cosine scores.
+
+        `min_score` leaves out results whose score is lower (so a search may find nothing: []).
+        """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a whole number of at least 1, not {k!r}")
         if (text is None) == (image is None):
@@ -285,6 +289,8 @@ class Library:
         if text is not None and not text.strip():
             raise ConfigError("the query text is empty")
         index = self.vector_index()
+        if index.ntotal == 0:
+            raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
         exclude: frozenset[bytes] = frozenset()
         if text is not None:
             q = self.encoder.embed_texts([text])[0]
@@ -292,9 +298,7 @@ class Library:
             q = self.embed_image_file(image)
         if not np.all(np.isfinite(q)):
             raise IntegrityError("the model produced a non-finite query vector")
-        if index.ntotal == 0:
-            return []
-        return rank(index, self.catalog, q, k, exclude_paths=exclude)
+        return rank(index, self.catalog, q, k, exclude_paths=exclude, min_score=min_score)
 
     def embed_image_file(self, image: str | os.PathLike) -> np.ndarray:
         p = Path(os.path.expanduser(os.fspath(image)))

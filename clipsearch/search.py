@@ -23,7 +23,7 @@ class Result:
 
 
 def rank(index: VectorIndex, catalog: Catalog, query: np.ndarray, k: int, *,
-         exclude_paths: frozenset[bytes] = frozenset()) -> list[Result]:
+         exclude_paths: frozenset[bytes] = frozenset(), min_score: float | None = None) -> list[Result]:
     """The k best live files for a unit query vector, best first; copies of one image share its score.
 
     The catalog is the authority: ids whose files were deleted since the cache was caught up are
@@ -36,6 +36,8 @@ def rank(index: VectorIndex, catalog: Catalog, query: np.ndarray, k: int, *,
         files = catalog.files_for_embeddings(ids.tolist())
         out: list[Result] = []
         for score, eid in zip(scores.tolist(), ids.tolist()):
+            if min_score is not None and score < min_score:
+                return out
             for path in files.get(eid, ()):
                 if path in exclude_paths:
                     continue
