@@ -179,7 +179,9 @@ def status(library, as_json):
 def _register_optional_commands() -> None:
     try:
         from .cli_training import register
-    except ImportError:
+    except ModuleNotFoundError as e:  # a trimmed install without the training toolkit
+        if e.name != "clipsearch.cli_training":
+            raise
         return
     register(cli)
 
