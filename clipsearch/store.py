@@ -174,8 +174,30 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head()
 
 
+SCHEMA_HEAD = "0001"  # the newest Alembic revision (a test checks it against migrations/)
+
+
+def current_revision(db_path: Path) -> str | None:
+    """The schema revision of an existing database, read without taking any lock."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        con.execute("PRAGMA busy_timeout=30000")
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'").fetchone() is None:
+            return None
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+    finally:
+        con.close()
+
+
 def migrate(db_path: Path) -> None:
-    """Bring the database to the newest schema, in one transaction (DDL included)."""
+    """Bring the database to the newest schema, in one transaction (DDL included).
+
+    An up-to-date database is recognised without importing Alembic or taking a write lock, so a
+    query never waits for an indexing run to open its library.
+    """
+    if db_path.exists() and db_path.stat().st_size > 0 and current_revision(db_path) == SCHEMA_HEAD:
+        return
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -235,6 +257,8 @@ class Catalog:
         probe_database(db_path)
         migrate(db_path)
         catalog = cls(db_path)
+        if catalog.get_meta("library_uuid") is not None:
+            return catalog
         with catalog.write() as conn:
             if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "library_uuid")).scalar() is None:
                 _set_meta(conn, "library_uuid", uuid.uuid4().hex)

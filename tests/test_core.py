@@ -287,3 +287,26 @@ def test_python_m_clipsearch_and_console_script(tmp_path):
     exe = Path(sys.executable).parent / "clipsearch"
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "version" in proc.stdout
+
+
+def test_schema_head_constant_matches_migrations():
+    from clipsearch.store import SCHEMA_HEAD, head_revision
+
+    assert SCHEMA_HEAD == head_revision()
+
+
+def test_query_opens_while_a_writer_holds_a_transaction(lib, photos):
+    """Opening a library and searching never needs the write lock."""
+    lib.index([photos])
+    import sqlite3 as sq
+
+    writer = sq.connect(lib.path / "library.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE meta SET value = value WHERE key = 'seq'")
+    try:
+        with Library.open(lib.path, create=False) as reader:
+            reader.catalog._reader.dispose()
+            assert len(reader.search("a red circle", k=3)) == 3
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
