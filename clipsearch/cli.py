@@ -190,4 +190,27 @@ _register_optional_commands()
 
 
 def main() -> None:
-    cli(prog_name="clipsearch")
+    from .config import config_path, load_default_map
+
+    try:
+        default_map = load_default_map(config_path(dict(os.environ)))
+    except ClipSearchError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
+    cli(prog_name="clipsearch", default_map=_param_names(default_map))
+
+
+def _param_names(default_map: dict) -> dict:
+    """Config keys may be flag names (`limit`, `batch-size`); click's default_map wants parameter names."""
+    out = {}
+    for name, values in default_map.items():
+        command = cli.commands.get(name)
+        if command is None:
+            continue
+        alias = {}
+        for p in command.params:
+            alias[p.name] = p.name
+            for opt in getattr(p, "opts", []):
+                alias[opt.lstrip("-").replace("-", "_")] = p.name
+        out[name] = {alias.get(k, k): v for k, v in values.items() if k in alias}
+    return out

@@ -310,3 +310,33 @@ def test_query_opens_while_a_writer_holds_a_transaction(lib, photos):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_config_file_precedence(tmp_path, photos, tiny_model):
+    """flag > CLIPSEARCH_* environment > config file > default."""
+    from conftest import run_cli
+    from clipsearch.cli import _param_names
+    from clipsearch.config import load_default_map
+
+    lib_a, lib_b, lib_c = (str(tmp_path / n) for n in ("a", "b", "c"))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'library = "{lib_a}"\n[index]\nmodel = "{tiny_model}"\nbatch-size = 3\n[query]\nlimit = 2\n')
+    env = {"CLIPSEARCH_CONFIG": str(cfg)}
+    out = json.loads(run_cli("index", str(photos), "-q", "--json", env=env, check=True).stdout)
+    assert out["batches"] == 4  # 10 images in batches of 3, from the file
+    assert len(json.loads(run_cli("query", "x", "--json", env=env, check=True).stdout)) == 2
+
+    runner = CliRunner()
+    defaults = _param_names(load_default_map(cfg))
+    res = runner.invoke(cli, ["query", "x", "--json", "-k", "4"], default_map=defaults)
+    assert len(json.loads(res.stdout)) == 4
+    # the environment beats the file, the flag beats the environment
+    res = runner.invoke(cli, ["index", str(photos), "-q"], env={"CLIPSEARCH_HOME": lib_b}, default_map=defaults)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["index", str(photos), "-q", "--library", lib_c], env={"CLIPSEARCH_HOME": lib_b},
+                        default_map=defaults)
+    assert res.exit_code == 0, res.output
+    assert all((Path(d) / "library.db").exists() for d in (lib_a, lib_b, lib_c))
+    cfg.write_text("[nonsense\n")
+    bad = run_cli("status", env=env)
+    assert bad.returncode == 2 and "config file" in bad.stderr

@@ -1,0 +1,53 @@
+"""Settings and their precedence: command-line flag > CLIPSEARCH_* environment > config file > default.
+
+The config file is TOML, by default `config.toml` in click's application directory
+(~/.config/clipsearch/config.toml on Linux), or the file named by CLIPSEARCH_CONFIG. Its tables are
+per command, with the flags' names (dashes or underscores):
+
+    [index]
+    model = "ViT-B-32:laion2b_s34b_b79k"
+    batch-size = 64
+
+    [query]
+    limit = 20
+
+A top-level `library = "..."` applies to every command. click applies the precedence: a value
+given on the command line wins over its environment variable, which wins over this file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from .errors import ConfigError
+
+COMMANDS = ("index", "query", "status", "check", "shapes", "train", "eval", "inspect")
+
+
+def config_path(env: dict) -> Path:
+    import click
+
+    given = env.get("CLIPSEARCH_CONFIG")
+    return Path(given) if given else Path(click.get_app_dir("clipsearch")) / "config.toml"
+
+
+def load_default_map(path: Path) -> dict:
+    """click's default_map from a config file; {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    default_map = {}
+    for name in COMMANDS:
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: [{name}] must be a table")
+        default_map[name] = {**shared, **{k.replace("-", "_"): v for k, v in section.items()}}
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in COMMANDS]
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown section(s) {', '.join(unknown)}")
+    return default_map
