@@ -70,12 +70,13 @@ def render_training_set(n: int, seed: int, pp: dict, workers: int = 2):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "clipsearch" / "models" / "shapes"))
-    ap.add_argument("--n", type=int, default=32000)
-    ap.add_argument("--epochs", type=float, default=8)
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--epochs", type=float, default=6.5)
     ap.add_argument("--seed", type=int, default=0, help="training seed (init, shuffling, augmentation)")
     ap.add_argument("--data-seed", type=int, default=TRAIN_SEED)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     t_start = time.time()
-    opts = TrainOptions(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=0.1, warmup_steps=200,
+    opts = TrainOptions(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=0.1, warmup_steps=a.warmup,
                         seed=a.seed, val_fraction=0.03, val_max=1000, fp16_weights=True, num_threads=a.threads,
                         max_minutes=a.max_minutes)
     lm = prepare_model(arch=ARCH, opts=opts, texts_for_vocab=_texts_universe(Dataset(None, [], [])))
