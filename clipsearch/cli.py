@@ -190,6 +190,9 @@ _register_optional_commands()
 
 
 def main() -> None:
+    # numpy's OpenBLAS (the query's text tower and vector search) runs one thread: its spinning worker threads
+    # made a query 10x slower when another process kept the other core busy (measured); must precede numpy's import
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from .config import config_path, load_default_map
 
     try:

@@ -55,6 +55,7 @@ class Library:
         self.workers = workers
         self.max_pixels = max_pixels
         self._encoder = encoder
+        self._text_encoder = None  # the light text tower (encoders/textfast.py), False when it does not apply
         self._index: VectorIndex | None = None
         self._lock_fd: int | None = None
 
@@ -114,6 +115,33 @@ class Library:
             self._encoder = load_encoder(self.model_name, device=self.device, precision=self.precision)
         self._check_fingerprint(self._encoder)
         return self._encoder
+
+    def text_encoder(self):
+        """What embeds text queries: the model's text tower in numpy float32 (no torch import, ~0.4 s to load,
+        the same function as the full model in fp32) when it covers the model and neither bf16/fp16 nor CUDA
+        was asked for; the full model otherwise. Either way the library's recorded model is checked."""
+        if self._text_encoder is None:
+            self._text_encoder = False
+            if self._encoder is None and self.device != "cuda" and self.precision in ("auto", "fp32"):
+                from .encoders import parse_model_spec
+                from .encoders.textfast import load_text_encoder
+
+                light = load_text_encoder(parse_model_spec(self.model_name))
+                if light is not None:
+                    self._check_text_fingerprint(light)
+                    self._text_encoder = light
+        return self._text_encoder or self.encoder
+
+    def _check_text_fingerprint(self, light) -> None:
+        stored = json.loads(self.catalog.get_meta("model_fingerprint_json") or "{}")
+        mine = {"model": light.name, "arch": light.arch, "weights": light.weights_id, "dim": light.dim}
+        if any(stored.get(k) != v for k, v in mine.items()):
+            raise ModelMismatchError(
+                f"the library at {self.path} was built with model {stored.get('model', self.model_name)} "
+                f"(weights {stored.get('weights')}, dim {stored.get('dim')}); the model now loaded is {light.name} "
+                f"(weights {light.weights_id}, dim {light.dim}). Its vectors would not be comparable; "
+                f"index into another --library"
+            )
 
     def _check_fingerprint(self, encoder) -> None:
         if getattr(self, "_fp_checked", None) is encoder:
@@ -293,7 +321,7 @@ class Library:
             raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
         exclude: frozenset[bytes] = frozenset()
         if text is not None:
-            q = self.encoder.embed_texts([text])[0]
+            q = self.text_encoder().embed_texts([text])[0]
         else:
             q = self.embed_image_file(image)
         if not np.all(np.isfinite(q)):

@@ -1,0 +1,363 @@
+"""A light text path for queries: the model's text tower in numpy, without importing torch or open_clip.
+
+A cold `clipsearch query` used to spend ~6-7 s importing torch, torchvision (pulled in by open_clip)
+and torch._dynamo, and ~2 s building and randomly initialising the whole model before loading its
+weights, all to embed one short text. This module computes the same function as open_clip's
+`CLIP.encode_text` (token and position embeddings, pre-LN causal transformer blocks with
+nn.MultiheadAttention, GELU or QuickGELU MLP, optional LayerScale, final LayerNorm, pooling at the
+end-of-text token, projection) in float32 numpy, on the text weights only, read from the model's
+safetensors file. The context is cut after the end-of-text token, which is exact for a causal tower.
+It agrees with open_clip's fp32 text tower to float32 rounding (cosine >= 0.99999, tested).
+
+Only standard CLIP text towers from safetensors checkpoints are handled (`load_text_encoder`
+returns None otherwise and the caller uses the full model): checkpoint directories (including the
+shipped `shapes` model and its reduced vocabulary) and `ARCH:/path/weights.safetensors`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import importlib.util
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import ModelSpec, l2_normalize
+
+CONFIG_NAME = "open_clip_config.json"
+SAFETENSORS_NAME = "open_clip_model.safetensors"
+
+# text_cfg options this implementation follows; any other value (or key) means: use open_clip itself
+_TEXT_DEFAULTS = {
+    "hf_tokenizer_name": None, "tokenizer_mode": None, "embed_cls": False, "no_causal_mask": False,
+    "final_ln_after_pool": False, "proj_type": "linear", "output_tokens": False, "act_kwargs": None,
+    "norm_kwargs": None, "block_type": None, "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False, "hf_model_name": None, "pad_id": 0,
+}
+_TEXT_FREE = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pool_type",
+              "eos_id", "proj_bias", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type", "tokenizer_kwargs"}
+
+
+def _open_clip_dir() -> Path | None:
+    """open_clip's package directory, found without importing it."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _supported(model_cfg: dict) -> bool:
+    if model_cfg.get("custom_text"):
+        return False
+    text = model_cfg.get("text_cfg", {})
+    for k, v in text.items():
+        if k in _TEXT_FREE:
+            continue
+        if k not in _TEXT_DEFAULTS or v != _TEXT_DEFAULTS[k]:
+            return False
+    if text.get("tokenizer_kwargs") not in (None, {}, {"clean": "lower"}):
+        return False
+    return text.get("pool_type", "argmax") in ("argmax", "eos") and not text.get("hf_model_name")
+
+
+def load_text_encoder(spec: ModelSpec, weights_id: str | None = None) -> "NumpyTextEncoder | None":
+    """A text-only encoder for `spec`, or None when this path does not cover the model."""
+    extra: dict = {}
+    if spec.kind in ("builtin", "dir"):
+        cfg_path = Path(spec.path) / CONFIG_NAME
+        weights = Path(spec.path) / SAFETENSORS_NAME
+        if not cfg_path.is_file() or not weights.is_file():
+            return None
+        conf = json.loads(cfg_path.read_text())
+        model_cfg = conf.get("model_cfg", {})
+        extra = conf.get("clipsearch", {})
+        arch = extra.get("arch", model_cfg.get("name", "custom"))
+    elif spec.kind == "file" and Path(spec.path).suffix == ".safetensors":
+        oc = _open_clip_dir()
+        cfg_path = oc / "model_configs" / f"{spec.arch}.json" if oc else None
+        if cfg_path is None or not cfg_path.is_file():
+            return None
+        model_cfg = json.loads(cfg_path.read_text())
+        weights = Path(spec.path)
+        arch = spec.arch
+    else:
+        return None
+    if not _supported(model_cfg):
+        return None
+    bpe = _open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz" if _open_clip_dir() else None
+    if bpe is None or not bpe.is_file():
+        return None
+    try:
+        params = _read_text_weights(weights)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    if params is None:
+        return None
+    if weights_id is None:
+        from .openclip import sha256_file
+
+        weights_id = "sha256:" + sha256_file(weights)
+    return NumpyTextEncoder(spec.name, arch, model_cfg, params, weights_id, str(bpe), extra.get("token_ids"))
+
+
+def _read_text_weights(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="numpy") as f:
+        for k in f.keys():
+            if k.startswith(("visual.", "logit_")):
+                continue
+            a = f.get_tensor(k)
+            if a.dtype not in (np.float32, np.float16):
+                return None
+            out[k] = a if a.dtype == np.float32 else a.astype(np.float32)  # BLAS takes the transposed views as they are
+    return out
+
+
+class NumpyTextEncoder:
+    """embed_texts only: unit float32 rows, the same function as the model's text tower."""
+
+    def __init__(self, name: str, arch: str, model_cfg: dict, params: dict, weights_id: str, bpe_path: str,
+                 token_ids: list[int] | None = None):
+        text = model_cfg.get("text_cfg", {})
+        self.name = name
+        self.arch = arch
+        self.dim = int(model_cfg["embed_dim"])
+        self.weights_id = weights_id
+        self.context_length = int(text.get("context_length", 77))
+        self.heads = int(text.get("heads", 8))
+        self.layers = int(text.get("layers", 12))
+        self.pool_type = text.get("pool_type", "argmax")
+        self.eos_id = int(text.get("eos_id", 2))
+        self.quick_gelu = bool(model_cfg.get("quick_gelu", False))
+        self.tokenizer = _tokenizer(bpe_path)
+        self._token_ids = np.array(sorted({int(t) for t in token_ids if int(t) != 0}), np.int64) if token_ids else None
+        p = params
+        self.tok = p["token_embedding.weight"]
+        self.pos = p["positional_embedding"]
+        self.blocks = []
+        for i in range(self.layers):
+            b = f"transformer.resblocks.{i}."
+            self.blocks.append({
+                "ln1": (p[b + "ln_1.weight"], p[b + "ln_1.bias"]),
+                "qkv_t": p[b + "attn.in_proj_weight"].T, "qkv_b": p[b + "attn.in_proj_bias"],
+                "out_t": p[b + "attn.out_proj.weight"].T, "out_b": p[b + "attn.out_proj.bias"],
+                "ls1": p.get(b + "ls_1.gamma"), "ls2": p.get(b + "ls_2.gamma"),
+                "ln2": (p[b + "ln_2.weight"], p[b + "ln_2.bias"]),
+                "fc_t": p[b + "mlp.c_fc.weight"].T, "fc_b": p[b + "mlp.c_fc.bias"],
+                "proj_t": p[b + "mlp.c_proj.weight"].T, "proj_b": p[b + "mlp.c_proj.bias"],
+            })
+        self.ln_final = (p["ln_final.weight"], p["ln_final.bias"])
+        if "text_projection.weight" in p:  # nn.Linear(width, dim[, bias])
+            self.proj = p["text_projection.weight"].T
+            self.proj_b = p.get("text_projection.bias")
+        else:
+            self.proj = p.get("text_projection")
+            self.proj_b = None
+
+    def tokenize(self, texts) -> np.ndarray:
+        tokens = self.tokenizer(list(texts), self.context_length)
+        if self._token_ids is not None:
+            tokens = _remap(tokens, self._token_ids)
+        return tokens
+
+    def embed_texts(self, texts) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        return l2_normalize(self.encode_tokens(self.tokenize(texts)))
+
+    def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        if self.pool_type == "argmax":
+            ends = tokens.argmax(axis=-1)
+        else:
+            ends = (tokens == self.eos_id).argmax(axis=-1)
+        n = int(ends.max()) + 1
+        tokens = tokens[:, :n]
+        x = self.tok[tokens] + self.pos[:n]  # (B, n, width)
+        mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+        for blk in self.blocks:
+            h = _layer_norm(x, *blk["ln1"])
+            a = _attention(h, blk, self.heads, mask)
+            x = x + (a * blk["ls1"] if blk["ls1"] is not None else a)
+            h = _layer_norm(x, *blk["ln2"])
+            h = h @ blk["fc_t"] + blk["fc_b"]
+            h = _quick_gelu(h) if self.quick_gelu else _gelu(h)
+            h = h @ blk["proj_t"] + blk["proj_b"]
+            x = x + (h * blk["ls2"] if blk["ls2"] is not None else h)
+        x = _layer_norm(x, *self.ln_final)
+        pooled = x[np.arange(x.shape[0]), ends]
+        if self.proj is not None:
+            pooled = pooled @ self.proj
+            if self.proj_b is not None:
+                pooled = pooled + self.proj_b
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    d = x - mu
+    var = (d * d).mean(-1, keepdims=True)
+    return d / np.sqrt(var + eps) * w + b
+
+
+def _attention(h: np.ndarray, blk: dict, heads: int, mask: np.ndarray) -> np.ndarray:
+    B, n, D = h.shape
+    hd = D // heads
+    qkv = h @ blk["qkv_t"] + blk["qkv_b"]  # (B, n, 3D)
+    q, k, v = (qkv[..., i * D:(i + 1) * D].reshape(B, n, heads, hd).transpose(0, 2, 1, 3) for i in range(3))
+    s = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / math.sqrt(hd)) + mask
+    s = s - s.max(-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(-1, keepdims=True)
+    o = (s @ v).transpose(0, 2, 1, 3).reshape(B, n, D)
+    return o @ blk["out_t"] + blk["out_b"]
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, as nn.GELU(); erf in float64 to well below float32 rounding."""
+    return (0.5 * x * (1.0 + _erf(x.astype(np.float64) / math.sqrt(2.0)))).astype(np.float32)
+
+
+def _quick_gelu(x: np.ndarray) -> np.ndarray:
+    return x * (1.0 / (1.0 + np.exp(-1.702 * x)))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to ~1e-13 absolute: Maclaurin series below |x| 2.5, the continued-fraction tail above."""
+    a = np.abs(x)
+    out = np.empty_like(a)
+    small = a < 2.5
+    xs = a[small]
+    if xs.size:
+        # erf(x) = 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
+        term = xs.copy()
+        total = xs.copy()
+        x2 = xs * xs
+        for n in range(1, 60):
+            term = -term * x2 / n
+            total += term / (2 * n + 1)
+        out[small] = total * (2.0 / math.sqrt(math.pi))
+    xl = a[~small]
+    if xl.size:
+        # erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
+        f = xl.copy()
+        for k in range(60, 0, -1):
+            f = xl + (k / 2.0) / f
+        out[~small] = 1.0 - np.exp(-xl * xl) / math.sqrt(math.pi) / f
+    return np.sign(x) * out
+
+
+def _remap(tokens: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """clipsearch.training.vocab.remap_tokens in numpy: 0 -> 0, kept ids -> 2, 3, ..., others -> 1."""
+    if ids.size == 0:
+        return np.where(tokens == 0, 0, 1).astype(np.int64)
+    pos = np.searchsorted(ids, np.clip(tokens, 0, None)).clip(max=ids.size - 1)
+    out = np.where(ids[pos] == tokens, pos + 2, 1)
+    return np.where(tokens == 0, 0, out).astype(np.int64)
+
+
+# -- open_clip's SimpleTokenizer (clean="lower"), without torch -------------------------------------
+@lru_cache(maxsize=4)
+def _tokenizer(bpe_path: str) -> "_SimpleTokenizer":
+    return _SimpleTokenizer(bpe_path)
+
+
+def _bytes_to_unicode() -> dict:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2 ** 8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2 ** 8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+class _SimpleTokenizer:
+    """The same ids as open_clip.tokenizer.SimpleTokenizer (tested against it)."""
+
+    def __init__(self, bpe_path: str):
+        import regex
+
+        self.byte_encoder = _bytes_to_unicode()
+        merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+        merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]
+        vocab = list(self.byte_encoder.values())
+        vocab = vocab + [v + "</w>" for v in vocab]
+        vocab.extend("".join(m) for m in merges)
+        special = ["<start_of_text>", "<end_of_text>"]
+        vocab.extend(special)
+        self.encoder = dict(zip(vocab, range(len(vocab))))
+        self.bpe_ranks = dict(zip(merges, range(len(merges))))
+        self.cache = {t: t for t in special}
+        self.pat = regex.compile("|".join(special) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                                 regex.IGNORECASE)
+        self.sot = self.encoder["<start_of_text>"]
+        self.eot = self.encoder["<end_of_text>"]
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        pairs = _pairs(word)
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new: list[str] = []
+            i = 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new.extend(word[i:])
+                    break
+                new.extend(word[i:j])
+                i = j
+                if word[i] == first and i < len(word) - 1 and word[i + 1] == second:
+                    new.append(first + second)
+                    i += 2
+                else:
+                    new.append(word[i])
+                    i += 1
+            word = tuple(new)
+            if len(word) == 1:
+                break
+            pairs = _pairs(word)
+        out = " ".join(word)
+        self.cache[token] = out
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        import ftfy
+
+        text = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).strip().lower()
+        ids: list[int] = []
+        for token in self.pat.findall(text):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
+        return ids
+
+    def __call__(self, texts: list[str], context_length: int) -> np.ndarray:
+        out = np.zeros((len(texts), context_length), np.int64)
+        for i, text in enumerate(texts):
+            tokens = [self.sot] + self.encode(text) + [self.eot]
+            if len(tokens) > context_length:
+                tokens = tokens[:context_length]
+                tokens[-1] = self.eot
+            out[i, :len(tokens)] = tokens
+        return out
+
+
+def _pairs(word: tuple) -> set:
+    return set(zip(word[:-1], word[1:]))
