@@ -176,6 +176,33 @@ def status(library, as_json):
         echo_bytes(f"  {r}")
 
 
+@cli.command()
+@library_option
+@click.option("--repair", is_flag=True, help="Rebuild the search cache when it disagrees with the database "
+                                             "(the database itself is never rewritten).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@handle_errors
+def check(library, repair, as_json):
+    """Verify the library: database integrity, one finite unit vector per live image, and a search cache
+    that agrees with the database. Exit status 1 when a problem is found (listed on stdout)."""
+    with open_library(library, create=False) as lib:
+        report = lib.check(repair=repair)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for note in report.notes:
+            echo_bytes(f"note: {note}", err=True)
+        for problem in report.problems:
+            echo_bytes(f"problem: {problem}")
+        state = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        click.echo(f"{state}: {report.files} images, {report.vectors} vectors of dimension {report.dim or '-'}, "
+                   f"seq {report.seq}, cache {report.cache}" + (" (repaired)" if report.repaired else ""))
+        if not report.ok and not repair and report.cache_problems and len(report.cache_problems) == len(report.problems):
+            click.echo("run `clipsearch check --repair` to rebuild the cache", err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
 def _register_optional_commands() -> None:
     try:
         from .cli_training import register

@@ -472,6 +472,33 @@ class Catalog:
                     out.setdefault(eid, []).append(path)
         return out
 
+    def integrity_check(self) -> list[str]:
+        """PRAGMA integrity_check and foreign_key_check: ['ok'] when the file is sound."""
+        raw = self._reader.raw_connection()
+        try:
+            cur = raw.cursor()
+            rows = [r[0] for r in cur.execute("PRAGMA integrity_check").fetchall()]
+            fk = cur.execute("PRAGMA foreign_key_check").fetchall()
+        finally:
+            raw.close()
+        if fk:
+            rows = [r for r in rows if r != "ok"] + [f"foreign key violation in {t} row {rid}" for t, rid, *_ in fk[:20]]
+        return rows
+
+    def live_file_vectors(self) -> Iterator[tuple[bytes, int | None, bytes | None, int | None]]:
+        """(path, embedding id, vector blob, live flag) for every file with status 'ok', streamed."""
+        with self.read() as conn:
+            q = sa.select(files_table.c.path, files_table.c.embedding_id, embeddings_table.c.vector,
+                          embeddings_table.c.live).select_from(
+                files_table.outerjoin(embeddings_table, embeddings_table.c.id == files_table.c.embedding_id)
+            ).where(files_table.c.status == "ok").order_by(files_table.c.id)
+            for row in conn.execution_options(yield_per=2000).execute(q):
+                yield tuple(row)
+
+    def live_embedding_ids(self) -> list[int]:
+        with self.read() as conn:
+            return [r[0] for r in conn.execute(sa.select(embeddings_table.c.id).where(embeddings_table.c.live == 1))]
+
     def counts(self) -> dict[str, int]:
         with self.read() as conn:
             rows = conn.execute(sa.select(files_table.c.status, sa.func.count()).group_by(files_table.c.status)).all()
