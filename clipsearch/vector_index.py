@@ -84,9 +84,29 @@ class VectorIndex:
         k = min(k, self.ntotal)
         if k <= 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
-        scores, ids = self.index.search(q, k)
-        keep = ids[0] >= 0
-        return scores[0][keep], ids[0][keep]
+        view = self._flat_view()
+        if view is None:
+            scores, ids = self.index.search(q, k)
+            keep = ids[0] >= 0
+            return scores[0][keep], ids[0][keep]
+        # the same exact inner products as IndexFlatIP, as one BLAS matrix-vector product over the index's own
+        # vectors (no copy): 2x faster than faiss's one-query kernel at 100k-1M vectors (benchmarks/query_latency.py)
+        matrix, id_map = view
+        scores = matrix @ q[0]
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return scores[top], id_map[top].astype(np.int64)
+
+    def _flat_view(self):
+        """Zero-copy numpy views of an IDMap(IndexFlatIP)'s vectors and ids, or None for another index type."""
+        faiss = _faiss()
+        flat = faiss.downcast_index(self.index.index) if hasattr(self.index, "id_map") else None
+        if not isinstance(flat, faiss.IndexFlatIP) or flat.ntotal != self.index.id_map.size():
+            return None
+        n = int(flat.ntotal)
+        matrix = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        id_map = faiss.rev_swig_ptr(self.index.id_map.data(), n)
+        return matrix, id_map
 
     def ids(self) -> np.ndarray:
         faiss = _faiss()
