@@ -30,19 +30,39 @@ def library_option(f):
     )(f)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def handle_errors(f):
-    """ClipSearchError -> one line on stderr and its exit code; Ctrl-C -> 130, SIGTERM -> 143."""
+    """ClipSearchError -> one line on stderr and its exit code; Ctrl-C -> 130, SIGTERM -> 143.
+
+    SIGTERM is turned into `Terminated` (a KeyboardInterrupt) while the command runs, so a batch being
+    committed is finished or rolled back by its transaction, the cache is published and the lock released.
+    """
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        import signal
+
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return f(*args, **kwargs)
         except ClipSearchError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; every committed batch is kept.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C now exits at once
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            what = "Terminated" if isinstance(e, Terminated) else "Interrupted"
+            click.echo(f"{what}; every committed batch is kept, the rest is indexed by the next run.", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import imaging
+from . import _crashpoints, imaging
 from .errors import ImageError, LibraryError
 from .store import Catalog, Record
 
@@ -116,8 +116,12 @@ class Indexer:
         self._draft = getattr(self.encoder, "image_size", 224)
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-decode") as pool:
-                for root in roots:
-                    self._run_root(Path(root), pool, report)
+                try:
+                    for root in roots:
+                        self._run_root(Path(root), pool, report)
+                except BaseException:  # Ctrl-C, SIGTERM, an error: do not decode what is still queued
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         finally:
             for con in self._cons:
                 con.close()
@@ -194,6 +198,8 @@ class Indexer:
 
     def _commit(self, batch: list[_Item], root_id: int, scan: int, report: IndexReport) -> None:
         to_embed = [it for it in batch if it.error is None and it.tensor is not None]
+        if _crashpoints.ACTIVE:
+            _crashpoints.hit("before_embed", hashes=[it.content_hash for it in to_embed])
         vectors = self.encoder.embed_batch([it.tensor for it in to_embed]) if to_embed else None
         records = []
         embedded = {id(it): i for i, it in enumerate(to_embed)}

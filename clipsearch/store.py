@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sqlalchemy as sa
 
+from . import _crashpoints
 from .errors import IntegrityError, NotALibraryError, SchemaTooNewError
 
 APPLICATION_ID = 0x434C5053  # 'CLPS'
@@ -233,6 +234,8 @@ def migrate(db_path: Path) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             conn.exec_driver_sql(f"PRAGMA application_id={APPLICATION_ID}")
+            if _crashpoints.ACTIVE:
+                _crashpoints.hit("mid_migration")
     finally:
         engine.dispose()
 
@@ -422,6 +425,13 @@ class Catalog:
                         touched.add(old.embedding_id)
                     conn.execute(files_table.update().where(files_table.c.id == old.id).values(**values))
             _refresh_live(conn, touched, seq)
+            if _crashpoints.ACTIVE:
+                _crashpoints.hit("mid_commit", seq=seq)
+        if _crashpoints.ACTIVE:
+            _crashpoints.hit("after_commit", seq=seq,
+                             ok={os.fsdecode(r.path): r.content_hash for r in records if r.error is None},
+                             failed=[r.path for r in records if r.error is not None],
+                             embedded=[r.content_hash for r in records if r.vector is not None])
         return seq
 
     def sweep(self, root: bytes, scan: int) -> tuple[int, int]:
@@ -439,7 +449,11 @@ class Catalog:
             seq = self._bump_seq(conn)
             conn.execute(files_table.update().where(cond).values(status="deleted", seq=seq))
             _refresh_live(conn, {e for _, e in gone if e is not None}, seq)
-            return len(gone), seq
+            if _crashpoints.ACTIVE:
+                _crashpoints.hit("mid_sweep", seq=seq)
+        if _crashpoints.ACTIVE:
+            _crashpoints.hit("after_sweep", seq=seq, removed=len(gone))
+        return len(gone), seq
 
     # -- vectors for the cache and for search ---------------------------------------------------
     def live_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:

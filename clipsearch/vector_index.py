@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _crashpoints
 from .errors import IntegrityError
 
 logger = logging.getLogger(__name__)
@@ -155,14 +156,18 @@ def atomic_write(path: Path, chunks: list[bytes]) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
                 view = memoryview(chunk)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
+                if i == 0 and _crashpoints.ACTIVE:
+                    _crashpoints.hit("mid_checkpoint")
             os.fsync(fd)
         finally:
             os.close(fd)
+        if _crashpoints.ACTIVE:
+            _crashpoints.hit("before_replace")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -170,6 +175,8 @@ def atomic_write(path: Path, chunks: list[bytes]) -> None:
         except FileNotFoundError:
             pass
         raise
+    if _crashpoints.ACTIVE:
+        _crashpoints.hit("after_replace")
     fsync_dir(path.parent)
 
 
