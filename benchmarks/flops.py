@@ -1,0 +1,100 @@
+"""How close the image encoder runs to this machine's limit.
+
+    python benchmarks/flops.py
+
+Prints: the FLOPs of the ViT-B-32 image tower per image (counted by torch's FlopCounterMode, a
+multiply-add = 2 FLOPs); the measured matmul peak of this machine in fp32 and bf16 (large square
+matmuls, torch, all cores); and the image tower's throughput, fp32 against bf16 weights at batch 1
+and 32, side by side, as img/s, GFLOP/s and share of the matching peak. Set --threads to match what
+the indexer uses (default: all cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ARCH, machine, versions  # noqa: E402
+
+
+def best_rate(fn, flops: float, seconds: float = 3.0, min_reps: int = 3) -> float:
+    fn()  # warm up (oneDNN primitive creation, page faults)
+    best = 0.0
+    reps = 0
+    end = time.perf_counter() + seconds
+    while reps < min_reps or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        best = max(best, flops / (time.perf_counter() - t))
+        reps += 1
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--seconds", type=float, default=4.0, help="time per measurement (best of the repeats)")
+    args = ap.parse_args()
+
+    import open_clip
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"versions: {versions()}; torch threads: {torch.get_num_threads()}")
+
+    model = open_clip.create_model(ARCH, pretrained=None).eval()
+    x1 = torch.randn(1, 3, 224, 224)
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel is invisible to the counter
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model.encode_image(x1)
+    torch.backends.mha.set_fastpath_enabled(True)
+    flops_img = fc.get_total_flops()
+    print(f"\n{ARCH} image tower: {flops_img / 1e9:.2f} GFLOP per image ({flops_img / 2e9:.2f} GMAC)")
+
+    print("\nmatmul peak (best of repeated square matmuls):")
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for n in (1024, 2048, 4096):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            with torch.inference_mode():
+                best = max(best, best_rate(lambda: torch.mm(a, b), 2 * n ** 3, args.seconds / 3))
+        peaks[name] = best
+        print(f"  {name}: {best / 1e9:7.1f} GFLOP/s")
+    print(f"  bf16 / fp32: x{peaks['bf16'] / peaks['fp32']:.2f}")
+
+    print(f"\n{ARCH} image tower throughput (weights in the given dtype, inference mode):")
+    print(f"  {'precision':<10} {'batch':>5} {'img/s':>8} {'GFLOP/s':>9} {'of peak':>8}")
+    bf16_model = None
+    rates = {}
+    for batch in (1, 32):
+        for name in ("fp32", "bf16"):
+            if name == "bf16" and bf16_model is None:
+                import copy
+
+                bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+            m = model if name == "fp32" else bf16_model
+            x = torch.randn(batch, 3, 224, 224, dtype=torch.float32 if name == "fp32" else torch.bfloat16)
+            with torch.inference_mode():
+                ips = best_rate(lambda: m.encode_image(x), batch, args.seconds)
+            rates[(name, batch)] = ips
+            print(f"  {name:<10} {batch:>5} {ips:>8.2f} {ips * flops_img / 1e9:>9.1f} "
+                  f"{100 * ips * flops_img / peaks[name]:>7.0f}%", flush=True)
+    for batch in (1, 32):
+        print(f"  bf16 / fp32 at batch {batch}: x{rates[('bf16', batch)] / rates[('fp32', batch)]:.2f}")
+    with torch.inference_mode():
+        a = torch.nn.functional.normalize(model.encode_image(torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))), dim=-1)
+        b = torch.nn.functional.normalize(bf16_model.encode_image(
+            torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0)).bfloat16()).float(), dim=-1)
+    print(f"  cosine bf16 vs fp32 embeddings (same inputs): min {float((a * b).sum(-1).min()):.6f}")
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
