@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -22,9 +24,9 @@ import numpy as np
 
 from . import imaging
 from .encoders import DEFAULT_MODEL, parse_model_spec
-from .errors import (ConfigError, EmptyLibraryError, ImageError, IntegrityError, LibraryError,
+from .errors import (ClipSearchError, ConfigError, EmptyLibraryError, ImageError, IntegrityError, LibraryError,
                      LibraryLockedError, LibraryNotFoundError, ModelMismatchError)
-from .indexer import Indexer, IndexReport, ProgressCallback
+from .indexer import Indexer, IndexReport, ProgressCallback, Skipped
 from .search import Result, rank
 from .store import DB_NAME, Catalog, dumps
 from .vector_index import INDEX_NAME, CacheHeader, VectorIndex, remove_orphans
@@ -70,6 +72,35 @@ class CheckReport:
                 "repaired": self.repaired}
 
 
+@contextlib.contextmanager
+def storage_errors(what: str):
+    """Turn a failing disk or database (disk full, I/O error, a damaged file) into one clear LibraryError."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except ClipSearchError:
+        raise
+    except OSError as e:
+        reason = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error",
+                  errno.EROFS: "read-only file system"}.get(e.errno, e.strerror or str(e))
+        where = f" ({e.filename})" if e.filename else ""
+        raise LibraryError(f"{reason}{where} while {what}; every committed batch is kept. Fix the cause "
+                           f"(e.g. free some space), then run the command again") from e
+    except (sa.exc.DBAPIError, sqlite3.Error) as e:
+        orig = getattr(e, "orig", None) or e
+        msg = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+        hint = "disk full: " if "full" in msg else ""
+        if "malformed" in msg or "not a database" in msg:
+            raise LibraryError(f"the library database is damaged ({msg}) while {what}; it was left as it is: "
+                               f"run `clipsearch check`, and restore library.db from a backup") from e
+        raise LibraryError(f"{hint}the library database failed ({msg}) while {what}; the batch in progress "
+                           f"was rolled back and every committed batch is kept. Fix the cause, then run the "
+                           f"command again") from e
+
+
 class Library:
     """A directory holding library.db (the truth), index.faiss (a cache) and a writer lock."""
 
@@ -106,7 +137,8 @@ class Library:
             if path.exists() and not path.is_dir():
                 raise LibraryError(f"{path} exists and is not a directory")
             path.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog.open(db)
+        with storage_errors(f"opening the library at {path}"):
+            catalog = Catalog.open(db)
         try:
             stored = catalog.get_meta("model")
             wanted = parse_model_spec(model).name if model else None
@@ -120,8 +152,10 @@ class Library:
                     f"the library at {path} was built with model {stored}; it cannot be used with {wanted}. "
                     f"Leave out --model to use {stored}, or give another --library for {wanted}"
                 )
-        except BaseException:
+        except BaseException as e:
             catalog.close()
+            with storage_errors(f"opening the library at {path}"):
+                raise e
             raise
         return cls(path, catalog, model=stored, encoder=encoder, **options)
 
@@ -301,9 +335,19 @@ class Library:
                 raise ConfigError("no folders to index: give at least one")
         else:
             roots = [Path(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths]
-        for r in roots:
+        offline = []
+        if paths is None:  # a known folder that is gone (an unmounted disk): skip it, delete nothing there
+            offline = [r for r in roots if not r.is_dir()]
+            roots = [r for r in roots if r.is_dir()]
+        for r in roots or offline:
             if not r.is_dir():
-                raise LibraryError(f"{r} is not a readable directory; nothing under it was changed")
+                raise LibraryError(f"{r} is not a readable directory (root unavailable); nothing under it was changed")
+        with storage_errors(f"indexing into the library at {self.path}"):
+            report = self._index_roots(roots, on_progress)
+        report.incomplete.extend(Skipped(str(r), "root unavailable; nothing under it was changed") for r in offline)
+        return report
+
+    def _index_roots(self, roots: list[Path], on_progress) -> IndexReport:
         self._acquire_lock()
         try:
             remove_orphans(self.path)
@@ -321,13 +365,22 @@ class Library:
 
             indexer = Indexer(self.catalog, encoder, batch_size=self.batch_size, workers=self.workers,
                               max_pixels=self.max_pixels, on_progress=on_progress, on_commit=on_commit)
+            failed = True
             try:
                 report = indexer.run(roots)
+                failed = False
             finally:
-                self.catalog.set_meta(last_index_at=repr(time.time()))
-                self._catch_up(index)
-                self._publish(index)
-                self._index = index
+                try:
+                    self.catalog.set_meta(last_index_at=repr(time.time()))
+                    self._catch_up(index)
+                    with storage_errors(f"writing the search cache {self.index_path} (the database has every "
+                                        f"committed batch; the previous cache file is intact)"):
+                        self._publish(index)
+                    self._index = index
+                except Exception as e:
+                    if not failed:
+                        raise
+                    logger.warning("the search cache was not published: %s", e)  # the first error wins
             self.catalog.checkpoint()
             return report
         finally:
