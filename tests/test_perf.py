@@ -1,0 +1,322 @@
+"""Speed work that must not change behaviour: precision and device choice, bf16 accuracy, the light text
+path, the meta-device model build, the flat search kernel, bounded read-ahead, a torch-free query."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL_CFG, make_image, write_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = REPO / "clipsearch" / "models" / "shapes" / "open_clip_config.json"
+SAMPLE = Path("/work/shared/shapes-sample")
+
+
+# -- precision and device choice ----------------------------------------------------------------------------
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse avx2 avx512f avx512_bf16", "bf16"),  # AMD Zen 4/5: measured x1.9 in bf16
+    ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "bf16"),  # Intel Sapphire Rapids (AMX)
+    ("fpu sse avx2 avx512f", "fp32"),  # no native bf16: emulated, slower than fp32
+    ("fpu sse avx2", "fp32"),
+])
+def test_auto_precision_follows_cpu_features(monkeypatch, tmp_path, flags, expected):
+    from clipsearch.encoders import openclip
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    real = openclip.Path
+    monkeypatch.setattr(openclip, "Path", lambda p: real(cpuinfo) if p == "/proc/cpuinfo" else real(p))
+    assert openclip.resolve_precision("auto", "cpu") == expected
+    assert openclip.resolve_precision("auto", "cuda") == "fp16"
+    assert openclip.resolve_precision("fp32", "cpu") == "fp32"  # forcing either way is honoured
+    assert openclip.resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_device_choice(monkeypatch):
+    import torch
+
+    from clipsearch.encoders.openclip import resolve_device
+    from clipsearch.errors import ModelUnavailableError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ModelUnavailableError):
+        resolve_device("cuda")
+
+
+# -- bf16 against fp32 ----------------------------------------------------------------------------------------
+def _pictures(n=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        out.append(Image.fromarray(small, "RGB").resize((64, 48), Image.BILINEAR))
+    return out
+
+
+def test_bf16_embeddings_match_fp32(tiny_model):
+    from clipsearch.encoders import load_encoder
+
+    fp32 = load_encoder(tiny_model, device="cpu", precision="fp32")
+    bf16 = load_encoder(tiny_model, device="cpu", precision="bf16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    images = _pictures()
+    cos_img = np.sum(fp32.embed_images(images) * bf16.embed_images(images), axis=1)
+    texts = ["a red circle", "a large blue square in the top left", "a dog", "two green triangles and a star"]
+    cos_txt = np.sum(fp32.embed_texts(texts) * bf16.embed_texts(texts), axis=1)
+    assert cos_img.min() >= 0.999, cos_img
+    assert cos_txt.min() >= 0.999, cos_txt
+
+
+@pytest.mark.skipif(not SHAPES.exists() or not (SAMPLE / "scenes.jsonl").exists(),
+                    reason="the shapes demo model or the shapes sample is not there yet")
+def test_bf16_keeps_shapes_demo_rankings():
+    """The spec's searches (partial descriptions, full captions, example images) give the same top 10 in bf16."""
+    from clipsearch import imaging
+    from clipsearch.encoders import load_encoder
+    from clipsearch.training.evaluate import load_eval_folder, partial_queries
+
+    paths, captions, scenes = load_eval_folder(SAMPLE)
+    texts = [q[1] for q in partial_queries(scenes)] + list(captions)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        enc = load_encoder("shapes", device="cpu", precision=precision)
+        tensors = []
+        for p in paths:
+            img, _ = imaging.decode(Path(p).read_bytes(), draft=enc.image_size)
+            tensors.append(enc.preprocess(img))
+        img = np.concatenate([enc.embed_batch(tensors[i:i + 64]) for i in range(0, len(tensors), 64)])
+        txt = enc.embed_texts(texts)
+        results[precision] = (img, txt)
+    (i32, t32), (i16, t16) = results["fp32"], results["bf16"]
+    assert np.sum(i32 * i16, axis=1).min() >= 0.999
+    assert np.sum(t32 * t16, axis=1).min() >= 0.999
+    changed = []
+    for kind, q32, q16, db32, db16 in (("text", t32, t16, i32, i16), ("image", i32, i16, i32, i16)):
+        s32, s16 = q32 @ db32.T, q16 @ db16.T
+        for qi in range(len(q32)):
+            top32 = np.argsort(-s32[qi], kind="stable")[:10]
+            top16 = np.argsort(-s16[qi], kind="stable")[:10]
+            if not np.array_equal(top32, top16):
+                # a swap between results whose fp32 scores tie (to 1e-4) is not a change a user could see
+                if set(top32) != set(top16) or np.abs(s32[qi][top32] - s32[qi][top16]).max() > 1e-4:
+                    changed.append((kind, qi, texts[qi] if kind == "text" else paths[qi]))
+    assert not changed, f"{len(changed)} top-10 rankings changed in bf16: {changed[:5]}"
+
+
+# -- the light text path -----------------------------------------------------------------------------------
+TEXTS = ["a red circle", "A LARGE blue square   in the top left!", "", "Ünïcödé &amp; café 123 — naïve",
+         "x" * 200, "it's the dogs' 2nd ball, isn't it?", "a small pink circle at the top and a star"]
+
+
+def test_numpy_text_tower_is_the_model(tiny_model):
+    from clipsearch.encoders import load_encoder, parse_model_spec
+    from clipsearch.encoders.textfast import load_text_encoder
+
+    light = load_text_encoder(parse_model_spec(tiny_model))
+    assert light is not None
+    full = load_encoder(tiny_model, device="cpu", precision="fp32")
+    assert np.array_equal(light.tokenize(TEXTS), full.loaded.tokenize(TEXTS).numpy())
+    cos = np.sum(light.embed_texts(TEXTS) * full.embed_texts(TEXTS), axis=1)
+    assert cos.min() >= 0.99999, cos
+    assert light.weights_id == full.fingerprint["weights"] and light.dim == full.dim
+
+
+def test_numpy_text_tower_reduced_vocab_quickgelu_layerscale(tmp_path):
+    """The shapes model's layout: a reduced vocabulary (token remap), here with QuickGELU and LayerScale too."""
+    from clipsearch.encoders import load_encoder, parse_model_spec
+    from clipsearch.encoders.textfast import load_text_encoder
+    from clipsearch.training.vocab import normalize_token_ids, token_ids_for_texts
+
+    keep = normalize_token_ids(token_ids_for_texts(["a red circle", "a large blue square in the top left"]))
+    cfg = json.loads(json.dumps(TINY_MODEL_CFG))
+    cfg["quick_gelu"] = True
+    cfg["text_cfg"].update(vocab_size=len(keep) + 2, ls_init_value=0.5)
+    d = write_checkpoint(tmp_path / "reduced", cfg, seed=5)
+    conf = json.loads((d / "open_clip_config.json").read_text())
+    conf["clipsearch"]["token_ids"] = keep
+    (d / "open_clip_config.json").write_text(json.dumps(conf))
+    light = load_text_encoder(parse_model_spec(str(d)))
+    full = load_encoder(str(d), device="cpu", precision="fp32")
+    texts = ["a red circle", "a large blue square in the top left", "an unknown word zebra"]
+    assert np.array_equal(light.tokenize(texts), full.loaded.tokenize(texts).numpy())
+    assert np.sum(light.embed_texts(texts) * full.embed_texts(texts), axis=1).min() >= 0.99999
+
+
+def test_light_path_declines_what_it_does_not_cover(tmp_path):
+    from clipsearch.encoders import parse_model_spec
+    from clipsearch.encoders.textfast import load_text_encoder
+
+    cfg = json.loads(json.dumps(TINY_MODEL_CFG))
+    cfg["text_cfg"]["no_causal_mask"] = True  # trimming would not be exact; leave it to open_clip
+    d = write_checkpoint(tmp_path / "bidir", cfg)
+    assert load_text_encoder(parse_model_spec(str(d))) is None
+
+
+def test_search_results_agree_between_light_path_and_full_model(library_with_images):
+    from clipsearch.library import Library
+
+    path, model = library_with_images
+    with Library.open(path, create=False) as lib:
+        light = lib.search("a red circle", k=5)
+        assert type(lib.text_encoder()).__name__ == "NumpyTextEncoder"
+    with Library.open(path, create=False, precision="fp32") as lib:
+        lib._text_encoder = False  # force the full model
+        full = lib.search("a red circle", k=5)
+    assert [r.path for r in light] == [r.path for r in full]
+    assert np.allclose([r.score for r in light], [r.score for r in full], atol=1e-5)
+
+
+def test_cli_text_query_does_not_import_torch(library_with_images):
+    path, _ = library_with_images
+    code = ("import sys\nfrom clipsearch.cli import cli\n"
+            "try:\n    cli(['query', 'a red circle', '--library', sys.argv[1], '-k', '3'], prog_name='clipsearch')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', 'OPEN_CLIP' if 'open_clip' in sys.modules else '')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[-1].strip() == "NO-TORCH", out.stdout
+
+
+def test_light_path_refuses_other_weights(library_with_images, tmp_path):
+    """The light path checks the library's recorded weights too (a checkpoint rewritten in place)."""
+    from clipsearch.errors import ModelMismatchError
+    from clipsearch.library import Library
+
+    path, model = library_with_images
+    write_checkpoint(Path(model), seed=9)  # same directory, other weights
+    with Library.open(path, create=False) as lib:
+        with pytest.raises(ModelMismatchError):
+            lib.search("a red circle", k=3)
+
+
+@pytest.fixture
+def library_with_images(tmp_path):
+    from clipsearch.library import Library
+
+    model = str(write_checkpoint(tmp_path / "model", seed=2))
+    for i in range(12):
+        make_image(tmp_path / "photos" / f"p{i}.jpg", seed=100 + i)
+    lib_path = tmp_path / "lib"
+    with Library.open(lib_path, model=model, create=True, precision="fp32") as lib:
+        lib.index([tmp_path / "photos"])
+    return lib_path, model
+
+
+# -- model loading -------------------------------------------------------------------------------------------
+def test_meta_device_build_loads_exactly(tiny_model):
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import load_file
+
+    from clipsearch.encoders import parse_model_spec
+    from clipsearch.encoders.openclip import load_clip
+
+    loaded = load_clip(parse_model_spec(tiny_model))
+    ref = CLIP(**TINY_MODEL_CFG)
+    ref.load_state_dict(load_file(str(Path(tiny_model) / "open_clip_model.safetensors")))
+    ref.eval()
+    ref.requires_grad_(False)  # as load_clip leaves it (that picks the same attention kernel)
+    m = loaded.model
+    assert not any(t.is_meta for t in list(m.parameters()) + list(m.buffers()))
+    assert torch.equal(m.attn_mask, ref.attn_mask)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    x = torch.randn(2, 3, 32, 32)
+    tok = loaded.tokenize(["a red circle", "a dog"])
+    with torch.inference_mode():
+        assert torch.equal(m.encode_image(x), ref.encode_image(x))
+        assert torch.equal(m.encode_text(tok), ref.encode_text(tok))
+
+
+def test_weight_hash_is_remembered(tmp_path, monkeypatch):
+    from clipsearch.encoders import openclip
+
+    monkeypatch.setattr(openclip, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc" * 1000)
+    first = openclip.sha256_file(f)
+    assert json.loads((tmp_path / "cache" / "h.json").read_text())
+    calls = []
+    real = openclip.hashlib.sha256
+    monkeypatch.setattr(openclip.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert openclip.sha256_file(f) == first and not calls  # from the cache
+    f.write_bytes(b"abd" * 1000)  # changed content: hashed again
+    assert openclip.sha256_file(f) != first and calls
+
+
+# -- search kernel -------------------------------------------------------------------------------------------
+def test_flat_search_kernel_matches_faiss():
+    from clipsearch.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex(16)
+    index.add(np.arange(500) * 3 + 1, x)
+    index.remove(np.array([4, 7, 301]))
+    index.add(np.array([10_000]), x[:1])
+    for qi in (0, 5, 99):
+        scores, ids = index.search(x[qi], 20)
+        fs, fi = index.index.search(x[qi][None], 20)
+        assert np.array_equal(ids, fi[0]) and np.allclose(scores, fs[0], atol=1e-6)
+        assert ids.dtype == np.int64
+    scores, ids = index.search(x[3], 10_000)  # k beyond ntotal: everything, best first
+    assert len(ids) == index.ntotal and np.all(np.diff(scores) <= 1e-7)
+
+
+# -- bounded memory -------------------------------------------------------------------------------------------
+def test_indexer_read_ahead_is_bounded(tmp_path, tiny_model):
+    """However many images there are, only a bounded number of decoded tensors are alive at once."""
+    from clipsearch.encoders import load_encoder
+    from clipsearch.library import Library
+
+    inner = load_encoder(tiny_model, device="cpu", precision="fp32")
+    alive = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Tracked:
+        def __init__(self, t):
+            self.t = t
+            with lock:
+                alive["now"] += 1
+                alive["max"] = max(alive["max"], alive["now"])
+
+        def __del__(self):
+            with lock:
+                alive["now"] -= 1
+
+    class Counting:
+        name, dim, image_size = inner.name, inner.dim, inner.image_size
+        fingerprint = inner.fingerprint
+
+        def preprocess(self, image):
+            return Tracked(inner.preprocess(image))
+
+        def embed_batch(self, tensors):
+            return inner.embed_batch([t.t for t in tensors])
+
+        def embed_texts(self, texts):
+            return inner.embed_texts(texts)
+
+    for i in range(120):
+        make_image(tmp_path / "photos" / f"p{i:03d}.png", seed=i)
+    with Library.open(tmp_path / "lib", model=tiny_model, encoder=Counting(), batch_size=4, workers=2) as lib:
+        report = lib.index([tmp_path / "photos"])
+    assert report.embedded == 120
+    assert alive["max"] <= 4 * 3 + 2 + 2, alive  # read-ahead (2 batches + workers) + the batch being embedded
