@@ -141,7 +141,7 @@ class VectorIndex:
             header = CacheHeader(**json.loads(data[12:12 + n]))
         except (ValueError, TypeError) as e:
             raise IntegrityError(f"{path}: unreadable header ({e})") from e
-        body = data[12 + n:]
+        body = memoryview(data)[12 + n:]  # no copy of the vectors (0.2 s at 100k)
         if hashlib.sha256(body).hexdigest() != header.sha256:
             raise IntegrityError(f"{path}: checksum mismatch")
         index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))

@@ -104,6 +104,27 @@ def load_text_encoder(spec: ModelSpec, weights_id: str | None = None) -> "NumpyT
     return NumpyTextEncoder(spec.name, arch, model_cfg, params, weights_id, str(bpe), extra.get("token_ids"))
 
 
+class _Rows:
+    """The token embedding table, read row by row from the checkpoint as queries need them (it is 100 MB
+    for a 49,408-token vocabulary; a query uses a handful of rows)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, int]):
+        self.path, self.key, self.shape = str(path), key, shape
+        self._rows: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, tokens: np.ndarray) -> np.ndarray:
+        missing = sorted({int(t) for t in np.unique(tokens)} - set(self._rows))
+        if missing:
+            from safetensors import safe_open
+
+            with safe_open(self.path, framework="numpy") as f:
+                table = f.get_slice(self.key)
+                for t in missing:
+                    self._rows[t] = np.asarray(table[t:t + 1], dtype=np.float32)[0]
+        flat = np.stack([self._rows[int(t)] for t in tokens.reshape(-1)])
+        return flat.reshape(*tokens.shape, self.shape[1])
+
+
 def _read_text_weights(path: Path) -> dict | None:
     from safetensors import safe_open
 
@@ -111,6 +132,12 @@ def _read_text_weights(path: Path) -> dict | None:
     with safe_open(str(path), framework="numpy") as f:
         for k in f.keys():
             if k.startswith(("visual.", "logit_")):
+                continue
+            if k == "token_embedding.weight":
+                table = f.get_slice(k)
+                if table.get_dtype() not in ("F32", "F16"):
+                    return None
+                out[k] = _Rows(path, k, tuple(table.get_shape()))
                 continue
             a = f.get_tensor(k)
             if a.dtype not in (np.float32, np.float16):
