@@ -161,11 +161,16 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
 def query(text, image, k, library, model, device, precision, min_score, as_json):
     """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
     if k < 1:
-        raise click.BadParameter(f"must be at least 1, not {k}", param_hint="-k/--limit")
+        raise click.BadParameter(f"k must be at least 1, not {k}", param_hint="-k/--limit")
     if (text is None) == (image is None):
         raise click.UsageError("give a query TEXT or --image PATH (one of them)")
-    if text is not None and not text.strip():
-        raise click.BadParameter("the query text is empty", param_hint="TEXT")
+    if text is not None:
+        from .library import check_query_text
+
+        try:
+            check_query_text(text)
+        except ClipSearchError as e:
+            raise click.BadParameter(str(e), param_hint="TEXT") from None
     with open_library(library, model=model, create=False, device=device, precision=precision) as lib:
         if text is not None:
             results = lib.search(text, k=k, min_score=min_score)

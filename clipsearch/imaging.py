@@ -10,15 +10,23 @@ import hashlib
 import io
 import os
 import stat
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .errors import ImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
+                              ".heic", ".heif", ".avif"})
+# NAS and OS bookkeeping folders full of thumbnails or deleted files (hidden names are skipped anyway)
+JUNK_DIRS = frozenset({b"@eaDir", b"#recycle", b"#snapshot", b"$RECYCLE.BIN", b"System Volume Information",
+                       b"lost+found"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
 DEFAULT_MAX_PIXELS = 100_000_000  # a 100-megapixel image decodes to ~300 MB of RGB
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+_plugins_registered = False
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,15 @@ class Entry:
     size: int
     mtime_ns: int
     ino: int
+
+
+@dataclass
+class FileChangedError(ImageError):
+    """The file changed (or vanished) between the walk and the read: not a property of the file, retry later."""
+
+    def __init__(self, reason: str, *, vanished: bool = False):
+        super().__init__(reason)
+        self.vanished = vanished
 
 
 @dataclass
@@ -63,7 +80,8 @@ def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False) -> It
                 continue
             try:
                 if e.is_dir(follow_symlinks=False):
-                    subdirs.append(e.path)
+                    if e.name not in JUNK_DIRS:
+                        subdirs.append(e.path)
                     continue
                 if not is_image_name(e.name):
                     continue
@@ -82,12 +100,16 @@ def read_file(entry: Entry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         raise ImageError(f"file is {entry.size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise FileChangedError("vanished: deleted after the folder was read", vanished=True) from None
     except OSError as e:
         raise ImageError(f"cannot open: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ImageError("not a regular file")
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (entry.size, entry.mtime_ns, entry.ino):
+            raise FileChangedError("changed after the folder was read; it will be indexed on the next run")
         chunks = []
         remaining = max_bytes + 1
         while remaining > 0:
@@ -105,7 +127,7 @@ def read_file(entry: Entry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     if len(data) > max_bytes:
         raise ImageError(f"file is over the {max_bytes / 1e6:.0f} MB limit")
     if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or len(data) != after.st_size:
-        raise ImageError("file changed while it was read; it will be indexed on the next run")
+        raise FileChangedError("file changed while it was read; it will be indexed on the next run")
     return data
 
 
@@ -120,13 +142,17 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | No
     """
     from PIL import Image, ImageOps
 
+    global _plugins_registered
+    if not _plugins_registered:
+        _plugins_registered = True
+        register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageError(f"image is {w}x{h} ({w * h / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP limit")
+                raise ImageError(f"too large: {w}x{h} is {w * h / 1e6:.0f} MP > the {max_pixels / 1e6:.0f} MP limit")
             if draft and im.format == "JPEG":
                 im.draft("RGB", (draft, draft))
             im.load()
@@ -134,17 +160,50 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | No
             rgb = to_rgb(im)
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"decompression bomb: {e}") from None
-    except Image.DecompressionBombWarning as e:
-        raise ImageError(f"decompression bomb: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"too large: decompression bomb ({e})") from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image Pillow can identify") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, KeyError) as e:
+        raise ImageError(_unidentified(data)) from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, KeyError,
+            AttributeError, struct.error, RuntimeError) as e:
+        if "truncated" in str(e).lower():
+            raise ImageError(f"truncated: {e}") from None
         raise ImageError(f"cannot decode: {type(e).__name__}: {e}".rstrip(": ")) from None
     except MemoryError:
         raise ImageError("out of memory while decoding") from None
     return rgb, (w, h)
+
+
+def _unidentified(data: bytes) -> str:
+    """Why Pillow could not identify these bytes, naming a missing plugin when the container says which."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(len(data), 64), 4)}
+        from PIL import features
+
+        if brands & AVIF_BRANDS and not features.check("avif") and not _has_heif():
+            return "AVIF support not installed: this Pillow was built without AVIF; pip install 'clipsearch[heif]'"
+        if brands & HEIF_BRANDS and not _has_heif():
+            return "HEIC/HEIF support not installed: pip install 'clipsearch[heif]'"
+        if brands & (AVIF_BRANDS | HEIF_BRANDS):
+            return "not a readable image: a damaged HEIF/AVIF file"
+    if not data:
+        return "not a readable image: the file is empty"
+    return "not a readable image: Pillow cannot identify it"
+
+
+def _has_heif() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pillow_heif") is not None
+
+
+def register_plugins() -> None:
+    """Let Pillow open HEIC/HEIF (and AVIF on old Pillow) when pillow-heif is installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return
+    pillow_heif.register_heif_opener()
 
 
 def to_rgb(im):

@@ -66,6 +66,9 @@ class _Item:
     tensor: object = None  # preprocessed pixels when the content is new
     error: str | None = None
     size: tuple[int, int] | None = None
+    row_id: int | None = None  # the file's catalog row, when it has one
+    retry: bool = False  # changed or vanished during the run: store nothing now, look again next run
+    vanished: bool = False
 
 
 class Indexer:
@@ -101,6 +104,8 @@ class Indexer:
                 return item
             image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft)
             item.tensor = self.encoder.preprocess(image)
+        except imaging.FileChangedError as e:
+            item.error, item.retry, item.vanished = e.reason, True, e.vanished
         except ImageError as e:
             item.error = e.reason
         except Exception as e:  # one bad file never stops the run
@@ -141,7 +146,14 @@ class Indexer:
         pending: deque = deque()
         batch: list[_Item] = []
         limit = self.batch_size * 2 + self.workers
-        for item in self._changed(imaging.walk(root_b, walk_errors, include_hidden=self.include_hidden),
+        found = [0]
+
+        def counted(entries):
+            for e in entries:
+                found[0] += 1
+                yield e
+
+        for item in self._changed(counted(imaging.walk(root_b, walk_errors, include_hidden=self.include_hidden)),
                                   scan, report):
             pending.append(pool.submit(self._prepare, item))
             while len(pending) >= limit or (pending and pending[0].done()):
@@ -160,6 +172,11 @@ class Indexer:
         for path, reason in walk_errors.errors:
             report.incomplete.append(Skipped(os.fsdecode(path), reason))
         complete = not walk_errors
+        if complete and found[0] == 0 and self.catalog.has_live_files_under(root_b):
+            # an empty mount point (an unmounted disk or share) looks like a root whose files were all deleted
+            report.incomplete.append(Skipped(os.fsdecode(root_b), "root is empty now (not mounted?); nothing under it "
+                                                                   "was removed"))
+            complete = False
         if complete:
             removed, seq = self.catalog.sweep(root_b, scan)
             report.removed += removed
@@ -182,7 +199,8 @@ class Indexer:
                     seen.append(row.id)
                     report.unchanged += 1
                 else:
-                    out.append(_Item(e, is_new=row is None or row.status == "deleted"))
+                    out.append(_Item(e, is_new=row is None or row.status == "deleted",
+                                     row_id=row.id if row is not None else None))
             self.catalog.mark_seen(seen, scan)
             self.on_progress("found", len(chunk))
             self.on_progress("done", len(seen))
@@ -197,6 +215,14 @@ class Indexer:
             yield from flush()
 
     def _commit(self, batch: list[_Item], root_id: int, scan: int, report: IndexReport) -> None:
+        retry = [it for it in batch if it.retry]
+        if retry:  # a changed file keeps its old row (seen, so not swept) until the next run; a vanished one is swept
+            batch = [it for it in batch if not it.retry]
+            self.catalog.mark_seen([it.row_id for it in retry if it.row_id is not None and not it.vanished], scan)
+            report.skipped.extend(Skipped(os.fsdecode(it.entry.path), it.error) for it in retry)
+            self.on_progress("done", len(retry))
+            if not batch:
+                return
         to_embed = [it for it in batch if it.error is None and it.tensor is not None]
         if _crashpoints.ACTIVE:
             _crashpoints.hit("before_embed", hashes=[it.content_hash for it in to_embed])

@@ -72,6 +72,30 @@ class CheckReport:
                 "repaired": self.repaired}
 
 
+MAX_QUERY_CHARS = 4096  # the model reads at most 77 tokens; a longer text is a mistake, not a query
+
+
+def check_query_text(text: str) -> None:
+    """Refuse what cannot be a query before any model is loaded: empty, NUL, megabytes."""
+    if not text.strip():
+        raise ConfigError("query is empty: give some words to search for")
+    if "\x00" in text:
+        raise ConfigError("the query contains a NUL character")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ConfigError(f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS} "
+                          f"(the model reads only its first tokens)")
+
+
+def _warn_if_truncated(encoder, text: str) -> None:
+    """open_clip's tokenizer cuts long texts silently: say so."""
+    tokenizer, context = getattr(encoder, "tokenizer", None), getattr(encoder, "context_length", None)
+    if tokenizer is None or context is None or not hasattr(tokenizer, "encode"):
+        return
+    n = len(tokenizer.encode(text)) + 2  # start and end tokens
+    if n > context:
+        logger.warning("query truncated to the first %d tokens (it has %d); only they are searched", context, n)
+
+
 @contextlib.contextmanager
 def storage_errors(what: str):
     """Turn a failing disk or database (disk full, I/O error, a damaged file) into one clear LibraryError."""
@@ -397,14 +421,16 @@ class Library:
             raise ConfigError(f"k must be a whole number of at least 1, not {k!r}")
         if (text is None) == (image is None):
             raise ConfigError("search takes a text or an image=, not both or neither")
-        if text is not None and not text.strip():
-            raise ConfigError("the query text is empty")
+        if text is not None:
+            check_query_text(text)
         index = self.vector_index()
         if index.ntotal == 0:
             raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
         exclude: frozenset[bytes] = frozenset()
         if text is not None:
-            q = self.text_encoder().embed_texts([text])[0]
+            encoder = self.text_encoder()
+            _warn_if_truncated(encoder, text)
+            q = encoder.embed_texts([text])[0]
         else:
             q = self.embed_image_file(image)
         if not np.all(np.isfinite(q)):

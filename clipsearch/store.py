@@ -434,6 +434,13 @@ class Catalog:
                              embedded=[r.content_hash for r in records if r.vector is not None])
         return seq
 
+    def has_live_files_under(self, root: bytes) -> bool:
+        lo, hi = _prefix_range(root)
+        with self.read() as conn:
+            return conn.execute(sa.select(files_table.c.id).where(
+                files_table.c.path >= lo, files_table.c.path < hi, files_table.c.status != "deleted").limit(1)
+            ).first() is not None
+
     def sweep(self, root: bytes, scan: int) -> tuple[int, int]:
         """Tombstone files under `root` that this scan did not see. Returns (removed files, seq)."""
         lo, hi = _prefix_range(root)
