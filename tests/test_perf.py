@@ -82,40 +82,65 @@ def test_bf16_embeddings_match_fp32(tiny_model):
     assert cos_txt.min() >= 0.999, cos_txt
 
 
+NEAR_TIE = 2e-3  # bf16's own noise on a cosine score (measured max |error| 0.0026 on the shapes sample)
+
+
+def shapes_outcomes(model: str, sample: Path = SAMPLE) -> dict:
+    """fp32 and bf16 runs of the spec's searches over the shapes sample: top-10 lists, fp32 scores, evaluation outcomes."""
+    from clipsearch import imaging
+    from clipsearch.encoders import load_encoder
+    from clipsearch.training.evaluate import example_relevance, load_eval_folder, partial_queries, partial_relevance
+
+    paths, captions, scenes = load_eval_folder(sample)
+    qs = partial_queries(scenes)
+    rel, ex = partial_relevance(scenes, qs), example_relevance(scenes)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        enc = load_encoder(model, device="cpu", precision=precision)
+        tensors = [enc.preprocess(imaging.decode(Path(p).read_bytes(), draft=enc.image_size)[0]) for p in paths]
+        img = np.concatenate([enc.embed_batch(tensors[i:i + 64]) for i in range(0, len(tensors), 64)])
+        part, caps = enc.embed_texts([q[1] for q in qs]), enc.embed_texts(list(captions))
+        s_img = img @ img.T
+        np.fill_diagonal(s_img, -np.inf)  # an example image's own file is not a result
+        runs = [("partial", part @ img.T, rel), ("caption", caps @ img.T, None), ("example", s_img, ex)]
+        tops, scores, judged = [], [], []
+        for kind, sim, relevant in runs:
+            for qi in range(len(sim)):
+                order = np.argsort(-sim[qi], kind="stable")
+                tops.append(order[:10])
+                scores.append(sim[qi])
+                if relevant is not None:
+                    judged.append((kind, qi, int(relevant[qi, order[:10]].sum())))  # precision@10's numerator
+                else:
+                    r = int(np.where(order == qi)[0][0])
+                    judged.append((kind, qi, r < 1, r < 5))  # recall@1, recall@5
+        out[precision] = {"img": img, "txt": np.concatenate([part, caps]), "tops": tops, "scores": scores,
+                          "judged": judged}
+    return out
+
+
 @pytest.mark.skipif(not SHAPES.exists() or not (SAMPLE / "scenes.jsonl").exists(),
                     reason="the shapes demo model or the shapes sample is not there yet")
 def test_bf16_keeps_shapes_demo_rankings():
-    """The spec's searches (partial descriptions, full captions, example images) give the same top 10 in bf16."""
-    from clipsearch import imaging
-    from clipsearch.encoders import load_encoder
-    from clipsearch.training.evaluate import load_eval_folder, partial_queries
-
-    paths, captions, scenes = load_eval_folder(SAMPLE)
-    texts = [q[1] for q in partial_queries(scenes)] + list(captions)
-    results = {}
-    for precision in ("fp32", "bf16"):
-        enc = load_encoder("shapes", device="cpu", precision=precision)
-        tensors = []
-        for p in paths:
-            img, _ = imaging.decode(Path(p).read_bytes(), draft=enc.image_size)
-            tensors.append(enc.preprocess(img))
-        img = np.concatenate([enc.embed_batch(tensors[i:i + 64]) for i in range(0, len(tensors), 64)])
-        txt = enc.embed_texts(texts)
-        results[precision] = (img, txt)
-    (i32, t32), (i16, t16) = results["fp32"], results["bf16"]
-    assert np.sum(i32 * i16, axis=1).min() >= 0.999
-    assert np.sum(t32 * t16, axis=1).min() >= 0.999
+    """The spec's searches (partial descriptions, full captions, example images) in bf16 against fp32:
+    embeddings within cosine 0.999, and every top 10 the same list, except that results whose fp32 scores
+    tie to within bf16's own noise (NEAR_TIE) may trade places."""
+    r = shapes_outcomes("shapes")
+    f, b = r["fp32"], r["bf16"]
+    assert np.sum(f["img"] * b["img"], axis=1).min() >= 0.999
+    assert np.sum(f["txt"] * b["txt"], axis=1).min() >= 0.999
     changed = []
-    for kind, q32, q16, db32, db16 in (("text", t32, t16, i32, i16), ("image", i32, i16, i32, i16)):
-        s32, s16 = q32 @ db32.T, q16 @ db16.T
-        for qi in range(len(q32)):
-            top32 = np.argsort(-s32[qi], kind="stable")[:10]
-            top16 = np.argsort(-s16[qi], kind="stable")[:10]
-            if not np.array_equal(top32, top16):
-                # a swap between results whose fp32 scores tie (to 1e-4) is not a change a user could see
-                if set(top32) != set(top16) or np.abs(s32[qi][top32] - s32[qi][top16]).max() > 1e-4:
-                    changed.append((kind, qi, texts[qi] if kind == "text" else paths[qi]))
-    assert not changed, f"{len(changed)} top-10 rankings changed in bf16: {changed[:5]}"
+    for qi, (t32, t16, s32) in enumerate(zip(f["tops"], b["tops"], f["scores"])):
+        if np.array_equal(t32, t16):
+            continue
+        if set(t32) != set(t16):
+            # a result entering or leaving at the cut-off must tie with the one it displaces
+            gone, came = sorted(set(t32) - set(t16)), sorted(set(t16) - set(t32))
+            if max(s32[gone]) - min(s32[came]) > NEAR_TIE:
+                changed.append((qi, "set", float(max(s32[gone]) - min(s32[came]))))
+        elif np.abs(s32[t32] - s32[t16]).max() > NEAR_TIE:
+            changed.append((qi, "order", float(np.abs(s32[t32] - s32[t16]).max())))
+    assert not changed, f"{len(changed)} top-10 rankings changed beyond near-ties in bf16: {changed[:5]}"
 
 
 # -- the light text path -----------------------------------------------------------------------------------

@@ -342,7 +342,10 @@ class OpenClipEncoder:
         self.device = device
         self.precision = precision
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        if self.dtype != torch.float32:
+        self._mixed = self.dtype == torch.bfloat16 and _bf16_blocks(loaded.model)
+        if self._mixed:
+            self.dtype = torch.float32  # what flows between the blocks, and the inputs
+        elif self.dtype != torch.float32:
             loaded.model.to(self.dtype)
         self.image_size = _image_size(loaded)
         self._trim = _can_trim_text(loaded.model)
@@ -380,10 +383,52 @@ class OpenClipEncoder:
         tokens = self.loaded.tokenize(list(texts)).to(self.device)
         with torch.inference_mode():
             if self._trim:
-                out = _encode_text_trimmed(self.loaded.model, tokens, self.dtype)
+                out = _encode_text_trimmed(self.loaded.model, tokens, torch.float32 if self._mixed else None)
             else:
                 out = self.loaded.model.encode_text(tokens)
         return _to_unit(out)
+
+
+def _bf16_blocks(model) -> bool:
+    """bf16 where the FLOPs are, fp32 where the rounding would add up.
+
+    The transformer blocks' attention and MLP (97% of ViT-B-32's FLOPs) get bfloat16 weights and inputs;
+    the residual stream, LayerNorms, patch/token embeddings and projections stay float32. Measured on ViT-B-32
+    (random weights, 1 thread, batch 16): as fast as the all-bf16 model (14.3-14.8 vs 13.1-15.2 img/s, fp32
+    5.4-7.4) and 10x closer to fp32 (1 - cosine 5e-6 instead of 5e-5), which keeps the shapes demo's top-10
+    rankings where the all-bf16 model reorders near-ties. The casts happen in forward hooks, so the modules,
+    their names and the attention fast path (one tensor for query, key and value) stay as open_clip made them.
+    """
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock
+
+    blocks = [m for m in model.modules() if isinstance(m, ResidualAttentionBlock)]
+    if not blocks or any(hasattr(b, "ln_1_kv") for b in blocks):
+        return False
+
+    def to_bf16(_mod, args, kwargs):
+        seen: dict = {}
+
+        def cast(a):
+            if torch.is_tensor(a) and a.is_floating_point() and a.dtype != torch.bfloat16:
+                if id(a) not in seen:  # query is key is value: keep them one tensor
+                    seen[id(a)] = a.to(torch.bfloat16)
+                return seen[id(a)]
+            return a
+
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    def to_fp32(_mod, _args, out):
+        if isinstance(out, tuple):
+            return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o for o in out)
+        return out.float()
+
+    for b in blocks:
+        for sub in (b.attn, b.mlp):
+            sub.to(torch.bfloat16)
+            sub.register_forward_pre_hook(to_bf16, with_kwargs=True)
+            sub.register_forward_hook(to_fp32)
+    return True
 
 
 def _to_unit(t) -> np.ndarray:
@@ -406,8 +451,9 @@ def _can_trim_text(model) -> bool:
     )
 
 
-def _encode_text_trimmed(model, tokens, dtype):
-    """model.encode_text on tokens[:, :L], L = the longest sequence up to its end token."""
+def _encode_text_trimmed(model, tokens, dtype=None):
+    """model.encode_text on tokens[:, :L], L = the longest sequence up to its end token (the residual stream
+    in `dtype`, default the model's cast dtype)."""
     from open_clip.transformer import text_global_pool
 
     if model.text_pool_type == "argmax":
@@ -416,7 +462,7 @@ def _encode_text_trimmed(model, tokens, dtype):
         ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
     n = int(ends.max()) + 1
     tokens = tokens[:, :n]
-    cast = model.transformer.get_cast_dtype()
+    cast = dtype or model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast)
     x = x + model.positional_embedding[:n].to(cast)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
