@@ -37,6 +37,7 @@ class Entry:
     size: int
     mtime_ns: int
     ino: int
+    ctime_ns: int | None = None  # None: unknown, not compared
 
 
 @dataclass
@@ -90,7 +91,7 @@ def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False) -> It
                 errors.errors.append((e.path, err.strerror or str(err)))
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino)
+                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         stack.extend(reversed(subdirs))
 
 

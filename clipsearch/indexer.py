@@ -195,7 +195,8 @@ class Indexer:
             for e in chunk:
                 row = known.get(e.path)
                 if (row is not None and row.status in ("ok", "failed") and row.size == e.size
-                        and row.mtime_ns == e.mtime_ns and row.ino == e.ino):
+                        and row.mtime_ns == e.mtime_ns and row.ino == e.ino
+                        and (row.ctime_ns is None or e.ctime_ns is None or row.ctime_ns == e.ctime_ns)):
                     seen.append(row.id)
                     report.unchanged += 1
                 else:
@@ -232,7 +233,7 @@ class Indexer:
         for it in batch:
             e = it.entry
             rec = Record(path=e.path, size=e.size, mtime_ns=e.mtime_ns, ino=e.ino, content_hash=it.content_hash,
-                         error=it.error)
+                         error=it.error, ctime_ns=e.ctime_ns)
             if it.size:
                 rec.width, rec.height = it.size
             if it.error is None and id(it) in embedded:

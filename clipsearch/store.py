@@ -73,6 +73,7 @@ files_table = sa.Table(
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("seen_scan", sa.Integer),
     sa.Column("indexed_at", sa.Float),
+    sa.Column("ctime_ns", sa.Integer),  # schema 0002
 )
 
 
@@ -95,6 +96,7 @@ class FileRow:
     embedding_id: int | None
     status: str
     error: str | None
+    ctime_ns: int | None = None
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Record:
     error: str | None = None
     width: int | None = None
     height: int | None = None
+    ctime_ns: int | None = None
 
 
 def _make_engine(db_path: Path, *, immediate: bool) -> sa.Engine:
@@ -175,7 +178,7 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head()
 
 
-SCHEMA_HEAD = "0001"  # the newest Alembic revision (a test checks it against migrations/)
+SCHEMA_HEAD = "0002"  # the newest Alembic revision (a test checks it against migrations/)
 
 
 def current_revision(db_path: Path) -> str | None:
@@ -197,7 +200,9 @@ def migrate(db_path: Path) -> None:
     An up-to-date database is recognised without importing Alembic or taking a write lock, so a
     query never waits for an indexing run to open its library.
     """
-    if db_path.exists() and db_path.stat().st_size > 0 and current_revision(db_path) == SCHEMA_HEAD:
+    existing = db_path.exists() and db_path.stat().st_size > 0
+    before = current_revision(db_path) if existing else None
+    if before == SCHEMA_HEAD:
         return
     from alembic import command
     from alembic.config import Config
@@ -214,6 +219,8 @@ def migrate(db_path: Path) -> None:
             con.execute("PRAGMA journal_mode=WAL")
         finally:
             con.close()
+    if before is not None and before in {s.revision for s in script.walk_revisions()}:
+        backup(db_path, db_path.with_name(f"{db_path.name}.schema-{before}.bak"))
     engine = _make_engine(db_path, immediate=True)
 
     @sa.event.listens_for(engine, "connect")
@@ -238,6 +245,24 @@ def migrate(db_path: Path) -> None:
                 _crashpoints.hit("mid_migration")
     finally:
         engine.dispose()
+
+
+def backup(db_path: Path, target: Path) -> None:
+    """A consistent copy through SQLite's backup API (before a migration), published atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def _has_table(conn, name: str) -> bool:
@@ -364,7 +389,7 @@ class Catalog:
                     sa.select(
                         files_table.c.id, files_table.c.path, files_table.c.size, files_table.c.mtime_ns,
                         files_table.c.ino, files_table.c.content_hash, files_table.c.embedding_id,
-                        files_table.c.status, files_table.c.error,
+                        files_table.c.status, files_table.c.error, files_table.c.ctime_ns,
                     ).where(files_table.c.path.in_(chunk))
                 )
                 for r in rows:
@@ -417,6 +442,7 @@ class Catalog:
                     content_hash=rec.content_hash, embedding_id=emb_id,
                     status="ok" if rec.error is None else "failed", error=rec.error,
                     width=rec.width, height=rec.height, seq=seq, seen_scan=scan, indexed_at=now,
+                    ctime_ns=rec.ctime_ns,
                 )
                 if old is None:
                     conn.execute(files_table.insert().values(**values))

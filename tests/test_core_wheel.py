@@ -48,7 +48,8 @@ def test_wheel_installs_and_migrates(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     con = sqlite3.connect(tmp_path / "lib" / "library.db")
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "0001"
+    from clipsearch.store import SCHEMA_HEAD
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"meta", "roots", "files", "embeddings"} <= tables
     con.close()
