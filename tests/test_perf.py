@@ -345,3 +345,21 @@ def test_indexer_read_ahead_is_bounded(tmp_path, tiny_model):
         report = lib.index([tmp_path / "photos"])
     assert report.embedded == 120
     assert alive["max"] <= 4 * 3 + 2 + 2, alive  # read-ahead (2 batches + workers) + the batch being embedded
+
+
+def test_light_path_for_a_pretrained_tag(tiny_model, tmp_path, monkeypatch):
+    """ARCH:TAG models: a full load notes where open_clip's download lives; text queries then skip open_clip."""
+    from clipsearch.encoders import load_encoder, openclip, parse_model_spec
+    from clipsearch.encoders.textfast import load_text_encoder
+
+    monkeypatch.setattr(openclip, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
+    spec = parse_model_spec("RN50:some-tag")
+    assert spec.kind == "pretrained" and load_text_encoder(spec) is None  # nothing recorded yet
+    rec = {spec.name: {"weights": str(Path(tiny_model) / "open_clip_model.safetensors"),
+                       "model_cfg": {**TINY_MODEL_CFG, "quick_gelu": False}}}
+    (tmp_path / "cache").mkdir()
+    openclip.pretrained_record_path().write_text(json.dumps(rec))
+    light = load_text_encoder(spec)
+    assert light is not None and light.weights_id == "pretrained:some-tag" and light.arch == "RN50"
+    full = load_encoder(tiny_model, device="cpu", precision="fp32")
+    assert np.sum(light.embed_texts(TEXTS) * full.embed_texts(TEXTS), axis=1).min() >= 0.99999

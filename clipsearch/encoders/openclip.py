@@ -78,6 +78,54 @@ def sha256_file(path: Path) -> str:
     return digest
 
 
+def pretrained_record_path() -> Path | None:
+    p = hash_cache_path()
+    return p.with_name("pretrained-weights.json") if p else None
+
+
+def _remember_pretrained(spec: ModelSpec, model, model_cfg: dict, cache_dir: str | None) -> None:
+    """Note where open_clip's download of ARCH:TAG lives (the Hugging Face cache), and the text tower's exact
+    config, so a later text query can use the light text path (encoders/textfast.py) without open_clip."""
+    try:
+        import open_clip
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.transformer import QuickGELU
+
+        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) or {}
+        path = cfg.get("file")
+        if not path and cfg.get("hf_hub"):
+            repo, filename = os.path.split(cfg["hf_hub"])
+            filename = filename or "open_clip_pytorch_model.bin"
+            names = [filename.replace("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+                     .replace(".bin", ".safetensors").replace(".pth", ".safetensors"), filename]
+            for name in names:
+                found = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+                if isinstance(found, str) and os.path.isfile(found):
+                    path = found
+                    break
+        if not path or not str(path).endswith(".safetensors"):
+            return
+        mcfg = json.loads(json.dumps(model_cfg))
+        blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
+        if not blocks:
+            return
+        mcfg["quick_gelu"] = isinstance(blocks[0].mlp.gelu, QuickGELU)  # openai weights set it outside the config
+        rec_path = pretrained_record_path()
+        if rec_path is None:
+            return
+        try:
+            records = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            records = {}
+        records[spec.name] = {"weights": os.path.realpath(path), "model_cfg": mcfg}
+        rec_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = rec_path.with_name(f"{rec_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records))
+        os.replace(tmp, rec_path)
+    except Exception:  # only an optimisation: the full model answers queries otherwise
+        logger.debug("could not record where %s lives", spec.name, exc_info=True)
+
+
 def hash_cache_path() -> Path | None:
     """Where weight hashes are remembered (the user cache dir); None turns the cache off."""
     try:
@@ -260,6 +308,8 @@ def load_clip(spec: ModelSpec, *, device: str = "cpu", cache_dir: str | None = N
         pp = dict(get_model_preprocess_cfg(model))
         arch = spec.arch
         weights_id = f"pretrained:{spec.pretrained}" if spec.kind == "pretrained" else spec.name
+        if spec.kind == "pretrained":
+            _remember_pretrained(spec, model, model_cfg, cache_dir)
     model.eval()
     model.requires_grad_(False)
     if device != "cpu":

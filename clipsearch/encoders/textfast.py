@@ -76,6 +76,18 @@ def load_text_encoder(spec: ModelSpec, weights_id: str | None = None) -> "NumpyT
         model_cfg = conf.get("model_cfg", {})
         extra = conf.get("clipsearch", {})
         arch = extra.get("arch", model_cfg.get("name", "custom"))
+    elif spec.kind == "pretrained":  # where a full load found open_clip's download (openclip._remember_pretrained)
+        from .openclip import pretrained_record_path
+
+        rec_path = pretrained_record_path()
+        try:
+            rec = json.loads(rec_path.read_text()).get(spec.name) if rec_path else None
+        except (OSError, ValueError):
+            rec = None
+        if not rec or not str(rec.get("weights", "")).endswith(".safetensors") or not Path(rec["weights"]).is_file():
+            return None
+        model_cfg, weights, arch = rec["model_cfg"], Path(rec["weights"]), spec.arch
+        weights_id = f"pretrained:{spec.pretrained}"
     elif spec.kind == "file" and Path(spec.path).suffix == ".safetensors":
         oc = _open_clip_dir()
         cfg_path = oc / "model_configs" / f"{spec.arch}.json" if oc else None
