@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+if "--blas-threads" in sys.argv:  # must be set before numpy is imported
+    os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--blas-threads") + 1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's clipsearch, installed or not
 from _common import ARCH, DEFAULT_WORK, machine, versions, vit_b32_weights  # noqa: E402
@@ -206,9 +208,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--cold-runs", type=int, default=5)
     ap.add_argument("--no-torch-compare", action="store_true", help="skip the torch text-tower comparison")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="OpenBLAS threads for the warm queries (default: numpy's own, one per core)")
     args = ap.parse_args()
     print(f"machine: {machine()}")
-    print(f"versions: {versions()}")
+    print(f"versions: {versions()}; OpenBLAS threads for warm queries: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
     weights = vit_b32_weights(args.work)
     model = f"{ARCH}:{weights}"
     sizes = [args.n] + ([1_000_000] if args.million else [])
