@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ARCH = {
-    "embed_dim": 192,
-    "vision_cfg": {"image_size": 96, "layers": 4, "width": 192, "patch_size": 12, "head_width": 64},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 192, "heads": 3, "layers": 3},
+    "embed_dim": 160,
+    "vision_cfg": {"image_size": 96, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 160, "heads": 4, "layers": 3},
 }
+CAPTION_PROBS = {"p_full": 0.35, "p_swap": 0.3, "p_size": 0.35, "p_color": 0.6, "p_position": 0.35, "p_no_shape": 0.05}
 TRAIN_SEED = 20260101  # rendering seed of the training set (sample_images/ uses another)
 
 
@@ -78,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--image-pair-weight", type=float, default=0.2, help="extra image-image loss (see train.py)")
+    ap.add_argument("--caption-probs", default=None, help='JSON of ShapesCaptionSampler arguments, e.g. {"p_full": 0.3}')
+    ap.add_argument("--init", default=None, help="continue from this checkpoint instead of starting from scratch")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -93,8 +97,12 @@ def main(argv=None) -> int:
     t_start = time.time()
     opts = TrainOptions(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=0.1, warmup_steps=a.warmup,
                         seed=a.seed, val_fraction=0.03, val_max=1000, fp16_weights=True, num_threads=a.threads,
-                        max_minutes=a.max_minutes)
-    lm = prepare_model(arch=ARCH, opts=opts, texts_for_vocab=_texts_universe(Dataset(None, [], [])))
+                        max_minutes=a.max_minutes, image_pair_weight=a.image_pair_weight,
+                        caption_probs=json.loads(a.caption_probs) if a.caption_probs else CAPTION_PROBS)
+    if a.init:
+        lm = prepare_model(model=a.init, opts=opts)
+    else:
+        lm = prepare_model(arch=ARCH, opts=opts, texts_for_vocab=_texts_universe(Dataset(None, [], [])))
     print(f"model: {json.dumps(lm.model_cfg)}", file=sys.stderr)
     print(f"parameters: {count_parameters(lm.model)['total']['total']:,}", file=sys.stderr)
     t0 = time.time()

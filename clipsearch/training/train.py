@@ -516,6 +516,8 @@ class TrainOptions:
     num_threads: int | None = None
     grad_clip: float = 1.0
     max_minutes: float | None = None
+    image_pair_weight: float = 0.0  # shapes only: extra image-image loss, positives share a (color, shape)
+    caption_probs: dict | None = None  # shapes only: ShapesCaptionSampler keyword arguments
 
 
 @dataclass
@@ -617,7 +619,7 @@ def train(
     use_scenes = ds.scenes is not None and opts.augment in ("auto", "shapes") and all(s is not None for s in ds.scenes)
     if opts.augment == "shapes" and not use_scenes:
         raise ConfigError("--augment shapes needs scenes.jsonl beside captions.csv")
-    sampler = ShapesCaptionSampler() if use_scenes else None
+    sampler = ShapesCaptionSampler(**(opts.caption_probs or {})) if use_scenes else None
     if use_scenes:
         codes = np.stack([scene_codes(s) for s in ds.scenes])
         nobj = np.array([len(s["objects"]) for s in ds.scenes])
@@ -682,6 +684,8 @@ def train(
             t_i2t = target / target.sum(1, keepdim=True)
             t_t2i = target.T / target.T.sum(1, keepdim=True)
             loss = 0.5 * (-(t_i2t * F.log_softmax(logits, 1)).sum(1).mean() - (t_t2i * F.log_softmax(logits.T, 1)).sum(1).mean())
+            if sampler is not None and opts.image_pair_weight > 0:
+                loss = loss + opts.image_pair_weight * _image_pair_loss(img_f, scale, codes[idx])
             optim.zero_grad(set_to_none=True)
             loss.backward()
             if opts.grad_clip:
@@ -718,6 +722,26 @@ def train(
         "stopped_early": stopped_early,
         "augment": "shapes" if use_scenes else "none",
     }
+
+
+def _image_pair_loss(img_f, scale, codes: np.ndarray):
+    """Multi-positive image-to-image cross-entropy: positives share a (color, shape) pair."""
+    import torch
+    import torch.nn.functional as F
+
+    pair = np.where(codes[:, :, 0] == -9, -1, codes[:, :, 1] * 16 + codes[:, :, 2])  # (B, 2)
+    share = ((pair[:, None, :, None] == pair[None, :, None, :]) & (pair[:, None, :, None] >= 0)).any((2, 3))
+    np.fill_diagonal(share, False)
+    rows = share.any(1)
+    if not rows.any():
+        return img_f.sum() * 0.0
+    logits = scale * img_f @ img_f.T
+    logits = logits.masked_fill(torch.eye(len(codes), dtype=torch.bool), float("-inf"))
+    target = torch.from_numpy(share[rows].astype(np.float32))
+    target = target / target.sum(1, keepdim=True)
+    logp = F.log_softmax(logits[torch.from_numpy(rows)], 1)
+    logp = torch.where(target > 0, logp, torch.zeros_like(logp))
+    return -(target * logp).sum(1).mean()
 
 
 def checkpoint_info(lm: LoadedModel, opts: TrainOptions, summary: dict, data_desc: str) -> dict:
