@@ -224,20 +224,29 @@ class Indexer:
             self.on_progress("done", len(retry))
             if not batch:
                 return
-        to_embed = [it for it in batch if it.error is None and it.tensor is not None]
+        # each new content once: copies in this batch share a vector, and content an earlier batch committed
+        # after this file was read is reused, never embedded again
+        candidates = [it for it in batch if it.error is None and it.tensor is not None]
+        known = self.catalog.embedding_ids_for_hashes(it.content_hash for it in candidates) if candidates else {}
+        unique: dict[str, _Item] = {}
+        for it in candidates:
+            if it.content_hash not in known:
+                unique.setdefault(it.content_hash, it)
+        to_embed = list(unique.values())
         if _crashpoints.ACTIVE:
             _crashpoints.hit("before_embed", hashes=[it.content_hash for it in to_embed])
         vectors = self.encoder.embed_batch([it.tensor for it in to_embed]) if to_embed else None
         records = []
-        embedded = {id(it): i for i, it in enumerate(to_embed)}
+        fresh = {id(it) for it in to_embed}
+        by_hash = {it.content_hash: i for i, it in enumerate(to_embed)}
         for it in batch:
             e = it.entry
             rec = Record(path=e.path, size=e.size, mtime_ns=e.mtime_ns, ino=e.ino, content_hash=it.content_hash,
                          error=it.error, ctime_ns=e.ctime_ns)
             if it.size:
                 rec.width, rec.height = it.size
-            if it.error is None and id(it) in embedded:
-                v = vectors[embedded[id(it)]]
+            if it.error is None and it.content_hash in by_hash:
+                v = vectors[by_hash[it.content_hash]]
                 if not np.all(np.isfinite(v)) or not np.isclose(np.linalg.norm(v), 1.0, atol=1e-3):
                     rec.error = "the model produced a non-finite vector for this image"
                 else:
@@ -254,7 +263,7 @@ class Indexer:
                 report.added += 1
             else:
                 report.updated += 1
-            if it.tensor is None:
+            if id(it) not in fresh:
                 report.reused += 1
         for it in batch:
             it.tensor = None
