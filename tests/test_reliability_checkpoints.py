@@ -1,0 +1,92 @@
+"""Untrusted checkpoints (reliability.md case 48): a pickle whose __reduce__ runs code, placed where a
+checkpoint is expected, fails to load with a clear error and never runs its payload (a sentinel file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clipsearch.errors import ModelUnavailableError
+
+from conftest import make_image, run_cli, write_checkpoint
+
+
+class Payload:
+    def __init__(self, sentinel: Path):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def evil_files(directory: Path, sentinel: Path) -> dict[str, Path]:
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    zip_pt = directory / "evil.pt"
+    torch.save({"state_dict": {"w": Payload(sentinel)}}, zip_pt)  # torch's zip format, a pickle inside
+    legacy = directory / "evil-legacy.bin"
+    with open(legacy, "wb") as f:
+        pickle.dump({"w": Payload(sentinel)}, f)  # a bare pickle
+    return {"zip": zip_pt, "legacy": legacy}
+
+
+def test_read_state_dict_refuses_code(tmp_path):
+    from clipsearch.encoders.openclip import read_state_dict
+
+    sentinel = tmp_path / "pwned"
+    for kind, path in evil_files(tmp_path / "x", sentinel).items():
+        with pytest.raises(ModelUnavailableError, match="refusing to load"):
+            read_state_dict(path)
+        assert not sentinel.exists(), kind
+    # the control: the payload does run when unpickled without weights_only (so the test can fail)
+    with open(tmp_path / "x" / "evil-legacy.bin", "rb") as f:
+        pickle.load(f)
+    assert sentinel.exists()
+
+
+def test_cli_with_a_malicious_checkpoint_file_and_directory(tmp_path):
+    import torch
+
+    sentinel = tmp_path / "pwned"
+    files = evil_files(tmp_path / "x", sentinel)
+    photos = tmp_path / "photos"
+    make_image(photos / "a.png", 1)
+    # --model ARCH:/path/evil.pt
+    res = run_cli("index", str(photos), "--library", str(tmp_path / "lib1"), "--model", f"ViT-B-32:{files['zip']}", "-q")
+    assert res.returncode == 1 and "refusing to load" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not sentinel.exists()
+    # a checkpoint directory whose weights are open_clip_pytorch_model.bin
+    good = write_checkpoint(tmp_path / "good")
+    bad = tmp_path / "bad-ckpt"
+    bad.mkdir()
+    shutil.copy(good / "open_clip_config.json", bad)
+    for kind in ("zip", "legacy"):
+        shutil.copy(files[kind], bad / "open_clip_pytorch_model.bin")
+        res = run_cli("index", str(photos), "--library", str(tmp_path / f"lib-{kind}"), "--model", str(bad), "-q")
+        assert res.returncode == 1 and "refusing to load" in res.stderr, res.stderr
+        assert not sentinel.exists(), kind
+    # the control: the same directory with plain tensors in the .bin loads and indexes
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(good / "open_clip_model.safetensors")), bad / "open_clip_pytorch_model.bin")
+    res = run_cli("index", str(photos), "--library", str(tmp_path / "lib-ok"), "--model", str(bad), "-q", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["added"] == 1
+
+
+def test_no_pickle_of_our_own_artifacts():
+    """Case 49: nothing in the package unpickles (np.load allow_pickle, pickle, joblib), so our files are data."""
+    root = Path(__file__).resolve().parent.parent / "clipsearch"
+    offenders = []
+    for p in root.rglob("*.py"):
+        text = p.read_text()
+        for needle in ("import pickle", "pickle.load", "joblib", "allow_pickle=True", "faiss.read_index("):
+            if needle in text:
+                offenders.append(f"{p.relative_to(root)}: {needle}")
+    assert not offenders, offenders
