@@ -107,10 +107,13 @@ def cli():
               help="auto: bf16 on CPUs with fast bfloat16 matmul, fp16 on CUDA, otherwise fp32.")
 @click.option("--max-megapixels", default=100.0, show_default=True, type=click.FloatRange(0.01),
               help="Skip larger images (decompression-bomb guard).")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Follow symbolic links to folders and files (each file once, loops end).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, quiet, as_json):
+def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, follow_symlinks, quiet,
+          as_json):
     """Index folders of images (all known folders when none is given).
 
     Incremental: unchanged files are not read again, changed files are re-embedded, deleted files
@@ -119,7 +122,8 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
     from tqdm import tqdm
 
     with open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, max_pixels=int(max_megapixels * 1e6)) as lib:
+                      precision=precision, max_pixels=int(max_megapixels * 1e6),
+                      follow_symlinks=follow_symlinks) as lib:
         bar = tqdm(total=0, unit="img", desc="indexing", disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
         def progress(kind: str, n: int) -> None:
@@ -157,8 +161,10 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--min-score", type=float, default=None, help="Leave out results whose cosine score is lower.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id}.")
+@click.option("-0", "--null", "null", is_flag=True,
+              help="Print only the paths, each ended by a NUL byte (for xargs -0: any file name is unambiguous).")
 @handle_errors
-def query(text, image, k, library, model, device, precision, min_score, as_json):
+def query(text, image, k, library, model, device, precision, min_score, as_json, null):
     """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
     if k < 1:
         raise click.BadParameter(f"k must be at least 1, not {k}", param_hint="-k/--limit")
@@ -178,6 +184,11 @@ def query(text, image, k, library, model, device, precision, min_score, as_json)
             results = lib.search(image=image, k=k, min_score=min_score)
     if as_json:
         print_json([r.to_dict() for r in results])
+        return
+    if null:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(os.fsencode(r.path) + b"\0" for r in results))
+        sys.stdout.buffer.flush()
         return
     for r in results:
         echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")

@@ -38,6 +38,7 @@ class Entry:
     mtime_ns: int
     ino: int
     ctime_ns: int | None = None  # None: unknown, not compared
+    follow: bool = False  # reached through a symlink (--follow-symlinks): open it following links
 
 
 @dataclass
@@ -64,8 +65,14 @@ def is_image_name(name: bytes) -> bool:
     return dot > 0 and os.fsdecode(name[dot:]).lower() in IMAGE_EXTENSIONS
 
 
-def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False) -> Iterator[Entry]:
-    """Depth-first, sorted, without following symlinks (so no loops), regular image files only."""
+def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False,
+         follow_symlinks: bool = False) -> Iterator[Entry]:
+    """Depth-first, sorted, regular image files only. Symlinks are not followed (so no loops), unless
+    `follow_symlinks`: then every directory and file is visited once by (st_dev, st_ino), so loops end and
+    a file reachable by several paths is indexed once (under the first path in walk order)."""
+    if follow_symlinks:
+        yield from _walk_following(root, errors, include_hidden)
+        return
     stack = [root]
     while stack:
         d = stack.pop()
@@ -95,12 +102,56 @@ def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False) -> It
         stack.extend(reversed(subdirs))
 
 
+def _walk_following(root: bytes, errors: WalkErrors, include_hidden: bool) -> Iterator[Entry]:
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        errors.errors.append((root, e.strerror or str(e)))
+        return
+    seen_dirs = {(st.st_dev, st.st_ino)}
+    seen_files: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            errors.errors.append((d, e.strerror or str(e)))
+            continue
+        subdirs = []
+        for e in entries:
+            if not include_hidden and e.name.startswith(b"."):
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+                if not is_dir and not is_image_name(e.name):
+                    continue
+                st = e.stat(follow_symlinks=True)
+            except FileNotFoundError:  # a dangling link
+                continue
+            except OSError as err:
+                if err.errno == getattr(os, "ELOOP", 40):  # a link to itself
+                    continue
+                errors.errors.append((e.path, err.strerror or str(err)))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if is_dir:
+                if e.name not in JUNK_DIRS and key not in seen_dirs:
+                    seen_dirs.add(key)
+                    subdirs.append(e.path)
+            elif stat.S_ISREG(st.st_mode) and key not in seen_files:
+                seen_files.add(key)
+                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, follow=e.is_symlink())
+        stack.extend(reversed(subdirs))
+
+
 def read_file(entry: Entry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """One read of a regular file's bytes; the file must not change while it is read."""
     if entry.size > max_bytes:
         raise ImageError(f"file is {entry.size / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
     try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | (0 if entry.follow else getattr(os, "O_NOFOLLOW", 0)))
     except FileNotFoundError:
         raise FileChangedError("vanished: deleted after the folder was read", vanished=True) from None
     except OSError as e:

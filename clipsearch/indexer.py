@@ -74,7 +74,8 @@ class _Item:
 class Indexer:
     def __init__(self, catalog: Catalog, encoder, *, batch_size: int = 32, workers: int | None = None,
                  max_pixels: int = imaging.DEFAULT_MAX_PIXELS, on_progress: ProgressCallback | None = None,
-                 on_commit: Callable[[int], None] | None = None, include_hidden: bool = False):
+                 on_commit: Callable[[int], None] | None = None, include_hidden: bool = False,
+                 follow_symlinks: bool = False):
         self.catalog = catalog
         self.encoder = encoder
         self.batch_size = max(1, batch_size)
@@ -83,6 +84,7 @@ class Indexer:
         self.on_progress = on_progress or (lambda kind, n: None)
         self.on_commit = on_commit or (lambda seq: None)
         self.include_hidden = include_hidden
+        self.follow_symlinks = follow_symlinks
         self._local = threading.local()
 
     # -- per-thread read-only lookups of known content -----------------------------------------
@@ -153,7 +155,8 @@ class Indexer:
                 found[0] += 1
                 yield e
 
-        for item in self._changed(counted(imaging.walk(root_b, walk_errors, include_hidden=self.include_hidden)),
+        for item in self._changed(counted(imaging.walk(root_b, walk_errors, include_hidden=self.include_hidden,
+                                                               follow_symlinks=self.follow_symlinks)),
                                   scan, report):
             pending.append(pool.submit(self._prepare, item))
             while len(pending) >= limit or (pending and pending[0].done()):

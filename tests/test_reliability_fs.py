@@ -151,6 +151,27 @@ def test_symlink_loops_finish_fast_and_index_each_image_once(tmp_path):
     assert ok_paths(tmp_path / "lib") == {os.fsencode(root / "a" / "b" / "x.png"), os.fsencode(root / "y.png")}
 
 
+def test_follow_symlinks_visits_each_directory_and_file_once(tmp_path):
+    root = tmp_path / "p"
+    make_image(root / "a" / "b" / "x.png", 1)
+    make_image(root / "y.png", 2)
+    make_image(tmp_path / "elsewhere" / "z.png", 3)
+    os.symlink(root, root / "a" / "b" / "up")
+    os.symlink(root / "a", root / "a" / "b" / "up2")
+    os.symlink("self.jpg", root / "self.jpg")
+    os.symlink(tmp_path / "nowhere.png", root / "dangling.png")
+    os.symlink(root / "y.png", root / "0-link-to-y.png")  # sorts first: y is indexed once, under this name
+    os.symlink(tmp_path / "elsewhere", root / "ext")  # a linked folder outside the root
+    t = time.perf_counter()
+    report = index(tmp_path / "lib", root, follow_symlinks=True)
+    assert time.perf_counter() - t < 5
+    assert report.added == 3 and not report.skipped and not report.incomplete, report
+    assert ok_paths(tmp_path / "lib") == {os.fsencode(p) for p in (
+        root / "0-link-to-y.png", root / "a" / "b" / "x.png", root / "ext" / "z.png")}
+    again = index(tmp_path / "lib", root, follow_symlinks=True)
+    assert again.unchanged == 3 and again.removed == 0
+
+
 # -- 29 ---------------------------------------------------------------------------------------------------
 def test_special_files_with_image_names_never_block(tmp_path):
     root = tmp_path / "p"
@@ -218,6 +239,10 @@ def test_non_utf8_and_hostile_names_round_trip(tmp_path, tiny_model):
     assert res.returncode == 0
     for n in HOSTILE:
         assert rb + b"/" + n in res.stdout
+    # -0: paths only, NUL-terminated, raw bytes: unambiguous even with newlines in names
+    res = run_cli_bytes("query", "anything", "--library", lib, "-k", "100", "-0")
+    assert res.returncode == 0 and res.stdout.endswith(b"\0")
+    assert set(res.stdout[:-1].split(b"\0")) == want
     # the API gives str paths that are the same bytes
     with Library.open(lib, create=False) as l:
         assert {os.fsencode(r.path) for r in l.search("x", k=100)} == want
