@@ -109,11 +109,13 @@ def cli():
               help="Skip larger images (decompression-bomb guard).")
 @click.option("--follow-symlinks", is_flag=True,
               help="Follow symbolic links to folders and files (each file once, loops end).")
+@click.option("--allow-truncated", is_flag=True,
+              help="Index truncated images as far as they can be read (with a warning) instead of skipping them.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, follow_symlinks, quiet,
-          as_json):
+def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, follow_symlinks,
+          allow_truncated, quiet, as_json):
     """Index folders of images (all known folders when none is given).
 
     Incremental: unchanged files are not read again, changed files are re-embedded, deleted files
@@ -123,7 +125,7 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
 
     with open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
                       precision=precision, max_pixels=int(max_megapixels * 1e6),
-                      follow_symlinks=follow_symlinks) as lib:
+                      follow_symlinks=follow_symlinks, allow_truncated=allow_truncated) as lib:
         bar = tqdm(total=0, unit="img", desc="indexing", disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
         def progress(kind: str, n: int) -> None:
@@ -142,6 +144,8 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
         return
     for s in report.skipped:
         echo_bytes(f"skipped {s.path}: {s.reason}", err=True)
+    for s in report.warnings:
+        echo_bytes(f"warning {s.path}: {s.reason}", err=True)
     for s in report.incomplete:
         echo_bytes(f"could not read {s.path}: {s.reason} (nothing under it was removed)", err=True)
     click.echo(

@@ -11,6 +11,7 @@ import io
 import os
 import stat
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -187,11 +188,36 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
-def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None):
+_truncated_lock = threading.Lock()
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None,
+           allow_truncated: bool = False):
     """Bytes to an RGB PIL image: pixel limit before decoding, JPEG draft, EXIF orientation, modes.
 
     `draft` asks JPEG decoding to scale down in the DCT domain while keeping both sides >= draft.
+    `allow_truncated` decodes a truncated file as far as it goes (the missing part grey) instead of
+    refusing it; the image then has info["truncated"] = True so the caller can warn.
     """
+    try:
+        return _decode(data, max_pixels=max_pixels, draft=draft)
+    except ImageError as e:
+        if not (allow_truncated and e.reason.startswith("truncated")):
+            raise
+    from PIL import ImageFile
+
+    with _truncated_lock:  # Pillow's switch is process-wide: hold it only for this decode
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            rgb, size = _decode(data, max_pixels=max_pixels, draft=draft)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+    rgb.info["truncated"] = True
+    return rgb, size
+
+
+def _decode(data: bytes, *, max_pixels: int, draft: int | None):
     from PIL import Image, ImageOps
 
     global _plugins_registered

@@ -45,6 +45,7 @@ class IndexReport:
     embedded: int = 0  # images that went through the encoder
     batches: int = 0
     incomplete: list[Skipped] = field(default_factory=list)  # directories not read: nothing swept there
+    warnings: list[Skipped] = field(default_factory=list)  # indexed, with a caveat (e.g. --allow-truncated)
     roots: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -54,6 +55,7 @@ class IndexReport:
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "reused": self.reused, "embedded": self.embedded, "batches": self.batches,
             "incomplete": [{"path": s.path, "reason": s.reason} for s in self.incomplete],
+            "warnings": [{"path": s.path, "reason": s.reason} for s in self.warnings],
             "roots": self.roots, "seconds": round(self.seconds, 3),
         }
 
@@ -69,13 +71,14 @@ class _Item:
     row_id: int | None = None  # the file's catalog row, when it has one
     retry: bool = False  # changed or vanished during the run: store nothing now, look again next run
     vanished: bool = False
+    warning: str | None = None
 
 
 class Indexer:
     def __init__(self, catalog: Catalog, encoder, *, batch_size: int = 32, workers: int | None = None,
                  max_pixels: int = imaging.DEFAULT_MAX_PIXELS, on_progress: ProgressCallback | None = None,
                  on_commit: Callable[[int], None] | None = None, include_hidden: bool = False,
-                 follow_symlinks: bool = False):
+                 follow_symlinks: bool = False, allow_truncated: bool = False):
         self.catalog = catalog
         self.encoder = encoder
         self.batch_size = max(1, batch_size)
@@ -85,6 +88,7 @@ class Indexer:
         self.on_commit = on_commit or (lambda seq: None)
         self.include_hidden = include_hidden
         self.follow_symlinks = follow_symlinks
+        self.allow_truncated = allow_truncated
         self._local = threading.local()
 
     # -- per-thread read-only lookups of known content -----------------------------------------
@@ -104,7 +108,10 @@ class Indexer:
             item.content_hash = imaging.content_hash(data)
             if self._known(item.content_hash):
                 return item
-            image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft)
+            image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft,
+                                              allow_truncated=self.allow_truncated)
+            if image.info.get("truncated"):
+                item.warning = "truncated: indexed as far as it could be read (--allow-truncated)"
             item.tensor = self.encoder.preprocess(image)
         except imaging.FileChangedError as e:
             item.error, item.retry, item.vanished = e.reason, True, e.vanished
@@ -262,6 +269,8 @@ class Indexer:
             if rec.error is not None:
                 report.skipped.append(Skipped(os.fsdecode(it.entry.path), rec.error))
                 continue
+            if it.warning:
+                report.warnings.append(Skipped(os.fsdecode(it.entry.path), it.warning))
             if it.is_new:
                 report.added += 1
             else:

@@ -130,9 +130,11 @@ class Library:
 
     def __init__(self, path: Path, catalog: Catalog, *, model: str, encoder=None, device: str = "auto",
                  precision: str = "auto", batch_size: int = 32, workers: int | None = None,
-                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False):
+                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False,
+                 allow_truncated: bool = False):
         self.path = path
         self.follow_symlinks = follow_symlinks
+        self.allow_truncated = allow_truncated
         self.catalog = catalog
         self.model_name = model
         self.device = device
@@ -390,7 +392,7 @@ class Library:
 
             indexer = Indexer(self.catalog, encoder, batch_size=self.batch_size, workers=self.workers,
                               max_pixels=self.max_pixels, on_progress=on_progress, on_commit=on_commit,
-                              follow_symlinks=self.follow_symlinks)
+                              follow_symlinks=self.follow_symlinks, allow_truncated=self.allow_truncated)
             failed = True
             try:
                 report = indexer.run(roots)

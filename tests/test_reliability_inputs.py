@@ -112,6 +112,25 @@ def test_truncated_files_and_tolerated_damage(tmp_path):
     assert "no-iend.png" not in r and report.added == 1
 
 
+def test_allow_truncated_indexes_with_a_warning(tmp_path, tiny_model):
+    root = tmp_path / "photos"
+    root.mkdir()
+    jpg = make_image(tmp_path / "src.jpg", 1, size=(200, 160)).read_bytes()
+    (root / "cut.jpg").write_bytes(jpg[: len(jpg) * 2 // 3])
+    make_image(root / "fine.png", 2)
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder(), allow_truncated=True) as lib:
+        report = lib.index([root])
+    assert report.added == 2 and not report.skipped
+    assert [(Path(w.path).name, w.reason.split(":")[0]) for w in report.warnings] == [("cut.jpg", "truncated")]
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the process-wide switch is restored
+    res = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--library", str(tmp_path / "lib2"),
+                          "--model", tiny_model, "--allow-truncated", "-q"], capture_output=True, text=True,
+                         timeout=300, cwd=REPO)
+    assert res.returncode == 0 and f"warning {root / 'cut.jpg'}: truncated" in res.stderr, res.stderr
+
+
 def test_garbled_jpeg_scan_data_is_indexed_or_skipped_never_raised(tmp_path):
     data = bytearray(make_image(tmp_path / "src.jpg", 3, size=(256, 256)).read_bytes())
     sos = data.index(b"\xff\xda")
