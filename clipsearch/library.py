@@ -451,7 +451,7 @@ class Library:
 
         if not _stat.S_ISREG(st.st_mode):
             raise ImageError(f"query image {p} is not a regular file")
-        entry = imaging.Entry(os.fsencode(p), st.st_size, st.st_mtime_ns, st.st_ino)
+        entry = imaging.Entry(os.fsencode(p), st.st_size, st.st_mtime_ns, st.st_ino, follow=True)  # named by the user
         try:
             data = imaging.read_file(entry)
             img, _ = imaging.decode(data, max_pixels=self.max_pixels, draft=getattr(self.encoder, "image_size", 224))

@@ -113,6 +113,9 @@ def test_example_image_queries_get_specific_messages(built, tmp_path, monkeypatc
                 lib.search(image=tmp_path / name, k=3)
             assert msg in str(e.value) and name in str(e.value), (name, str(e.value))
             assert time.perf_counter() - t < 30
+        os.symlink(root / "q3.png", tmp_path / "link.png")  # a symlink the user names is followed
+        top = lib.search(image=tmp_path / "link.png", k=1)[0]
+        assert top.path == str(root / "q3.png") and top.score > 0.999
         import errno
 
         real_open = os.open
