@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--image-pair-weight", type=float, default=0.2, help="extra image-image loss (see train.py)")
     ap.add_argument("--caption-probs", default=None, help='JSON of ShapesCaptionSampler arguments, e.g. {"p_full": 0.3}')
+    ap.add_argument("--cache", default=None, help="keep the rendered training set in this folder and reuse it")
     ap.add_argument("--init", default=None, help="continue from this checkpoint instead of starting from scratch")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -106,7 +107,14 @@ def main(argv=None) -> int:
     print(f"model: {json.dumps(lm.model_cfg)}", file=sys.stderr)
     print(f"parameters: {count_parameters(lm.model)['total']['total']:,}", file=sys.stderr)
     t0 = time.time()
-    images, scenes = render_training_set(a.n, a.data_seed, lm.preprocess_cfg, a.workers)
+    cache = Path(a.cache) / f"shapes-n{a.n}-seed{a.data_seed}-size{lm.preprocess_cfg['size']}.pt" if a.cache else None
+    if cache is not None and cache.is_file():
+        images, scenes = torch.load(cache, weights_only=False)
+    else:
+        images, scenes = render_training_set(a.n, a.data_seed, lm.preprocess_cfg, a.workers)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((images, scenes), cache)
     render_s = time.time() - t0
     print(f"rendered {a.n} images in {render_s:.0f} s", file=sys.stderr)
     ds = Dataset(images, [s["caption"] for s in scenes], scenes)

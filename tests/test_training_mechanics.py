@@ -159,3 +159,12 @@ def test_match_matrix_multi_positive():
     cons = np.array([red_circle, star_full, both])
     m = match_matrix(codes, nobj, cons, np.array([False, True, True]))
     assert m.tolist() == [[True, False, False], [True, False, True]]
+
+
+def test_image_pair_loss_and_time_budget(shapes_folder, tmp_path):
+    opts = TrainOptions(epochs=50, batch_size=16, lr=1e-3, warmup_steps=1, val_fraction=0.0, image_pair_weight=0.5,
+                        caption_probs={"p_full": 0.2}, max_minutes=0.05)
+    s = train_folder(shapes_folder, tmp_path / "c", arch=TINY, opts=opts)
+    assert all(np.isfinite(s["losses"]))
+    assert s["stopped_early"] and s["steps"] < 50 * 2
+    assert (tmp_path / "c" / "open_clip_model.safetensors").is_file()

@@ -515,7 +515,7 @@ class TrainOptions:
     fp16_weights: bool = False
     num_threads: int | None = None
     grad_clip: float = 1.0
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # time budget: the LR schedule follows the clock, training stops at it (not reproducible)
     image_pair_weight: float = 0.0  # shapes only: extra image-image loss, positives share a (color, shape)
     caption_probs: dict | None = None  # shapes only: ShapesCaptionSampler keyword arguments
 
@@ -640,11 +640,19 @@ def train(
                               lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
     warm = min(opts.warmup_steps, max(1, total_steps // 5))
 
+    budget = opts.max_minutes * 60 if opts.max_minutes else None
+
+    def progress_at(step: int) -> float:
+        """Share of the schedule done: by steps, or by the clock when a time budget is set (whichever is further)."""
+        p = (step - warm) / max(1, total_steps - warm)
+        if budget is not None and step >= warm:
+            p = max(p, (time.time() - t0) / budget)
+        return min(1.0, p)
+
     def lr_at(step: int) -> float:
         if step < warm:
             return opts.lr * (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return opts.lr * 0.5 * (1 + math.cos(math.pi * progress_at(step)))
 
     cb({"event": "start", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "n_train": len(tr_idx), "n_val": n_val})
     history, losses = [], []
@@ -696,8 +704,8 @@ def train(
             losses.append(float(loss.detach()))
             step += 1
             cb({"event": "step", "step": step, "loss": losses[-1], "logit_scale": float(model.logit_scale.exp()), "lr": lr_at(step - 1)})
-            if opts.max_minutes and (time.time() - t0) > opts.max_minutes * 60:
-                stopped_early = True
+            if budget is not None and (time.time() - t0) > budget:
+                stopped_early = True  # the time budget ran out (the cosine schedule followed the clock)
                 break
         epoch += 1
         rec = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses[-steps_per_epoch:])), "seconds": round(time.time() - t0, 1)}
