@@ -50,6 +50,16 @@ def test_read_state_dict_refuses_code(tmp_path):
     assert sentinel.exists()
 
 
+def cli_index(*args):
+    """The CLI in this process (torch is imported already): the same code path as `clipsearch index`."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    res = CliRunner().invoke(cli, ["index", *args, "-q"])
+    return res.exit_code, res.output
+
+
 def test_cli_with_a_malicious_checkpoint_file_and_directory(tmp_path):
     import torch
 
@@ -58,8 +68,8 @@ def test_cli_with_a_malicious_checkpoint_file_and_directory(tmp_path):
     photos = tmp_path / "photos"
     make_image(photos / "a.png", 1)
     # --model ARCH:/path/evil.pt
-    res = run_cli("index", str(photos), "--library", str(tmp_path / "lib1"), "--model", f"ViT-B-32:{files['zip']}", "-q")
-    assert res.returncode == 1 and "refusing to load" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    code, out = cli_index(str(photos), "--library", str(tmp_path / "lib1"), "--model", f"ViT-B-32:{files['zip']}")
+    assert code == 1 and "refusing to load" in out and "Traceback" not in out, out
     assert not sentinel.exists()
     # a checkpoint directory whose weights are open_clip_pytorch_model.bin
     good = write_checkpoint(tmp_path / "good")
@@ -68,16 +78,20 @@ def test_cli_with_a_malicious_checkpoint_file_and_directory(tmp_path):
     shutil.copy(good / "open_clip_config.json", bad)
     for kind in ("zip", "legacy"):
         shutil.copy(files[kind], bad / "open_clip_pytorch_model.bin")
-        res = run_cli("index", str(photos), "--library", str(tmp_path / f"lib-{kind}"), "--model", str(bad), "-q")
-        assert res.returncode == 1 and "refusing to load" in res.stderr, res.stderr
+        code, out = cli_index(str(photos), "--library", str(tmp_path / f"lib-{kind}"), "--model", str(bad))
+        assert code == 1 and "refusing to load" in out, out
         assert not sentinel.exists(), kind
     # the control: the same directory with plain tensors in the .bin loads and indexes
     from safetensors.torch import load_file
 
     torch.save(load_file(str(good / "open_clip_model.safetensors")), bad / "open_clip_pytorch_model.bin")
-    res = run_cli("index", str(photos), "--library", str(tmp_path / "lib-ok"), "--model", str(bad), "-q", "--json")
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["added"] == 1
+    code, out = cli_index(str(photos), "--library", str(tmp_path / "lib-ok"), "--model", str(bad), "--json")
+    assert code == 0, out
+    assert json.loads(out)["added"] == 1
+    # and one real child process, as a user runs it
+    res = run_cli("index", str(photos), "--library", str(tmp_path / "lib2"), "--model", f"ViT-B-32:{files['zip']}", "-q")
+    assert res.returncode == 1 and "refusing to load" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not sentinel.exists()
 
 
 def test_no_pickle_of_our_own_artifacts():

@@ -125,10 +125,13 @@ def test_allow_truncated_indexes_with_a_warning(tmp_path, tiny_model):
     from PIL import ImageFile
 
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # the process-wide switch is restored
-    res = subprocess.run([sys.executable, "-m", "clipsearch", "index", str(root), "--library", str(tmp_path / "lib2"),
-                          "--model", tiny_model, "--allow-truncated", "-q"], capture_output=True, text=True,
-                         timeout=300, cwd=REPO)
-    assert res.returncode == 0 and f"warning {root / 'cut.jpg'}: truncated" in res.stderr, res.stderr
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    res = CliRunner().invoke(cli, ["index", str(root), "--library", str(tmp_path / "lib2"), "--model",
+                                                   tiny_model, "--allow-truncated", "-q"])
+    assert res.exit_code == 0 and f"warning {root / 'cut.jpg'}: truncated" in res.stderr, res.output
 
 
 def test_garbled_jpeg_scan_data_is_indexed_or_skipped_never_raised(tmp_path):
