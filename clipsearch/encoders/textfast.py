@@ -209,7 +209,10 @@ class NumpyTextEncoder:
         texts = list(texts)
         if not texts:
             return np.empty((0, self.dim), np.float32)
-        return l2_normalize(self.encode_tokens(self.tokenize(texts)))
+        from .._blas import one_thread
+
+        with one_thread():  # memory-bound small products: more BLAS threads only spin (see _blas.py)
+            return l2_normalize(self.encode_tokens(self.tokenize(texts)))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         if self.pool_type == "argmax":
