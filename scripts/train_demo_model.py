@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ARCH = {
-    "embed_dim": 160,
-    "vision_cfg": {"image_size": 96, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 160, "heads": 4, "layers": 3},
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 96, "layers": 4, "width": 96, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
 CAPTION_PROBS = {"p_full": 0.35, "p_swap": 0.3, "p_size": 0.35, "p_color": 0.6, "p_position": 0.35, "p_no_shape": 0.05}
 TRAIN_SEED = 20260101  # rendering seed of the training set (sample_images/ uses another)
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (init, shuffling, augmentation)")
     ap.add_argument("--data-seed", type=int, default=TRAIN_SEED)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=8e-4)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--image-pair-weight", type=float, default=0.2, help="extra image-image loss (see train.py)")
     ap.add_argument("--caption-probs", default=None, help='JSON of ShapesCaptionSampler arguments, e.g. {"p_full": 0.3}')
