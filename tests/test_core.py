@@ -340,3 +340,10 @@ def test_config_file_precedence(tmp_path, photos, tiny_model):
     cfg.write_text("[nonsense\n")
     bad = run_cli("status", env=env)
     assert bad.returncode == 2 and "config file" in bad.stderr
+
+
+def test_package_imports_from_any_directory(tmp_path):
+    """The installed package (editable or not) is a regular package, not a namespace."""
+    code = "import clipsearch; assert clipsearch.__file__, clipsearch.__path__; from clipsearch import Library"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
