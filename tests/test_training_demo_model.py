@@ -26,18 +26,31 @@ def test_demo_model_is_small_and_complete():
     assert (MODEL_DIR / "open_clip_model.safetensors").stat().st_size < 20 * 1024 * 1024
 
 
-@pytest.mark.skipif(not (SAMPLE / "scenes.jsonl").is_file(), reason="shapes-sample not available (set CLIPSEARCH_SHAPES_SAMPLE)")
-@pytest.mark.xfail(strict=False, reason="the shipped demo model is still below the targets (see docs/training.md); "
-                   "remove this mark once a model meeting them ships")
-def test_demo_model_figures_on_shapes_sample():
+needs_sample = pytest.mark.skipif(not (SAMPLE / "scenes.jsonl").is_file(),
+                                  reason="shapes-sample not available (set CLIPSEARCH_SHAPES_SAMPLE)")
+
+
+@pytest.fixture(scope="module")
+def figures():
     from clipsearch.training.evaluate import evaluate
 
     r = evaluate(SAMPLE, "shapes")
     assert r["n_images"] == 200
-    assert r["partial"]["precision@10"] >= 0.90, r["partial"]
-    assert r["full_caption"]["recall@1"] >= 0.60, r["full_caption"]
-    assert r["full_caption"]["recall@5"] >= 0.90, r["full_caption"]
-    assert r["example_image"]["precision@10"] >= 0.90, r["example_image"]
+    return r
+
+
+@needs_sample
+def test_demo_model_full_caption_recall_on_shapes_sample(figures):
+    assert figures["full_caption"]["recall@1"] >= 0.60, figures["full_caption"]
+    assert figures["full_caption"]["recall@5"] >= 0.90, figures["full_caption"]
+
+
+@needs_sample
+@pytest.mark.xfail(strict=False, reason="the shipped demo model's precision@10 is still below 0.90 "
+                   "(partial 0.71, example image 0.49; see docs/training.md); remove this mark once a model meeting them ships")
+def test_demo_model_precision_on_shapes_sample(figures):
+    assert figures["partial"]["precision@10"] >= 0.90, figures["partial"]
+    assert figures["example_image"]["precision@10"] >= 0.90, figures["example_image"]
 
 
 def test_quick_start_query_finds_a_red_circle_first():
