@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-pytest.importorskip("open_clip")
 
 from click.testing import CliRunner  # noqa: E402
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("open_clip")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = Path(os.environ.get("CLIPSEARCH_SHAPES_SAMPLE", REPO.parent / "shared" / "shapes-sample"))

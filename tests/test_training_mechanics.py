@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
 
 from clipsearch.training import shapes  # noqa: E402
 from clipsearch.training.train import (  # noqa: E402
