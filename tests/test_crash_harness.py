@@ -63,8 +63,11 @@ class Zygote:
         pid = json.loads(self.proc.stdout.readline())["pid"]
         if kill_after is not None:
             ready, _, _ = select.select([self.proc.stdout], [], [], kill_after)
-            if not ready:  # still running: the child is only reaped after we read its exit line
-                os.kill(pid, signal.SIGKILL)
+            if not ready:  # still running, or just finished and reaped before its exit line reached us
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it ended on its own: its exit line follows
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         assert ready, f"child {pid} hung"
         return json.loads(self.proc.stdout.readline())["exit"]
