@@ -10,8 +10,6 @@ several right answers to show. Writes sample_images/images/, captions.csv and sc
 
 from __future__ import annotations
 
-import csv
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -46,14 +44,7 @@ def main() -> int:
         (out / "images" / scene["file"]).write_bytes(data)
         chosen.append(scene)
         i += 1
-    with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "caption"])
-        for s in chosen:
-            w.writerow([s["file"], s["caption"]])
-    with open(out / "scenes.jsonl", "w", encoding="utf-8") as f:
-        for s in chosen:
-            f.write(json.dumps(s) + "\n")
+    shapes.write_metadata(out, chosen)
     print(f"wrote {len(chosen)} images ({red} with a red circle) to {out}")
     return 0
 

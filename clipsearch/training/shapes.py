@@ -272,6 +272,12 @@ def write_dataset(
         scenes.append(scene)
         if progress is not None:
             progress(1)
+    write_metadata(out, scenes)
+    return scenes
+
+
+def write_metadata(out: Path, scenes: list[dict]) -> None:
+    """captions.csv (file,caption) and scenes.jsonl for rendered scenes, as shapes-sample has them."""
     with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["file", "caption"])
@@ -280,4 +286,3 @@ def write_dataset(
     with open(out / "scenes.jsonl", "w", encoding="utf-8") as f:
         for s in scenes:
             f.write(json.dumps(s) + "\n")
-    return scenes
