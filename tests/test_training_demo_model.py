@@ -45,8 +45,6 @@ def test_demo_model_full_caption_recall_on_shapes_sample(figures):
 
 
 @needs_sample
-@pytest.mark.xfail(strict=False, reason="the shipped demo model's precision@10 is still below 0.90 "
-                   "(partial 0.71, example image 0.49; see docs/training.md); remove this mark once a model meeting them ships")
 def test_demo_model_precision_on_shapes_sample(figures):
     assert figures["partial"]["precision@10"] >= 0.90, figures["partial"]
     assert figures["example_image"]["precision@10"] >= 0.90, figures["example_image"]

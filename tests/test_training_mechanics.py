@@ -169,3 +169,52 @@ def test_image_pair_loss_and_time_budget(shapes_folder, tmp_path):
     assert all(np.isfinite(s["losses"]))
     assert s["stopped_early"] and s["steps"] < 100_000
     assert (tmp_path / "c" / "open_clip_model.safetensors").is_file()
+
+
+TINY_RESNET = {  # the demo model's kind of image tower (open_clip's ModifiedResNet), tiny
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def test_resnet_tower_trains_freezes_and_serves(shapes_folder, tmp_path):
+    """Training, block freezing (BatchNorm statistics of frozen blocks stay put), a new projection, and the
+    checkpoint used by `clipsearch index/query --model DIR`, for a ResNet image tower."""
+    from click.testing import CliRunner
+
+    from clipsearch.cli import cli
+
+    base = tmp_path / "base"
+    s = train_folder(shapes_folder, base, arch=TINY_RESNET,
+                     opts=TrainOptions(epochs=6, batch_size=16, lr=2e-3, warmup_steps=2, val_fraction=0.0, num_threads=2))
+    assert np.mean(s["losses"][-2:]) < np.mean(s["losses"][:2])
+
+    lm = load_model(str(base))
+    apply_freezing(lm.model, unfreeze_vision_blocks=1, unfreeze_text_blocks=0)
+    v = lm.model.visual
+    trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("visual.")} == {
+        n for n, _ in lm.model.named_parameters() if n.startswith(("visual.layer4.", "visual.attnpool."))}
+    c = count_parameters(lm.model)
+    assert c["vision"]["trainable"] == _block_params(v.layer4) + _block_params(v.attnpool)
+
+    out = tmp_path / "ft"
+    frozen_stats = load_model(str(base)).model.visual.layer1[0].bn1.running_mean.clone()
+    opts = TrainOptions(epochs=2, batch_size=16, lr=1e-3, val_fraction=0.2, new_projection=8, unfreeze_vision_blocks=1,
+                        unfreeze_text_blocks=0, num_threads=2)
+    train_folder(shapes_folder, out, model=str(base), opts=opts)
+    ft = load_model(str(out))
+    assert ft.model.visual.attnpool.c_proj.out_features == 8
+    assert torch.equal(ft.model.visual.layer1[0].bn1.running_mean, frozen_stats)  # frozen block: statistics kept
+    assert not torch.equal(ft.model.visual.layer4[0].bn1.running_mean,
+                           load_model(str(base)).model.visual.layer4[0].bn1.running_mean)  # trained block: updated
+
+    lib = tmp_path / "lib"
+    r = CliRunner().invoke(cli, ["index", str(shapes_folder / "images"), "--library", str(lib), "--model", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["query", "a red circle", "--library", str(lib), "--json", "-k", "3"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)) == 3
+    r = CliRunner().invoke(cli, ["status", "--library", str(lib), "--json"])
+    assert json.loads(r.output)["dim"] == 8

@@ -40,6 +40,11 @@ def _vision_info(model, cfg: dict) -> dict:
     grid = getattr(v, "grid_size", None)
     if grid:
         info["tokens"] = int(grid[0] * grid[1]) + (1 if getattr(v, "class_embedding", None) is not None else 0)
+    pool = getattr(v, "attnpool", None)  # ModifiedResNet: stride-32 feature map, attention-pooled
+    if pool is not None and isinstance(image_size, int):
+        info["grid"] = f"{image_size // 32}x{image_size // 32}"
+        info["heads"] = int(pool.num_heads)
+        info["projection"] = [int(pool.c_proj.in_features), int(pool.c_proj.out_features)]
     proj = getattr(v, "proj", None)
     if proj is not None and hasattr(proj, "shape"):
         info["projection"] = list(proj.shape)
@@ -144,7 +149,7 @@ def format_description(d: dict) -> str:
         ls = d["logit_scale"]
         lines.append(f"logit scale  {ls['value']:.3f} (log {ls['log']:.4f}; {'learnable' if ls['trainable'] else 'frozen'}; clamped at {ls['max']:g})")
     vparts = [v.get("type", "")]
-    for k in ("timm_model", "image_size", "patch_size", "tokens", "layers", "width", "heads", "mlp_width", "projection"):
+    for k in ("timm_model", "image_size", "patch_size", "tokens", "layers", "width", "grid", "heads", "mlp_width", "projection"):
         if v.get(k) is not None:
             vparts.append(f"{k.replace('_', ' ')} {v[k]}")
     lines.append("vision       " + ", ".join(str(x) for x in vparts if x != ""))

@@ -365,9 +365,15 @@ def load_model(name: str) -> LoadedModel:
 # --------------------------------------------------------------------------- model surgery
 
 def tower_blocks(model, tower: str):
-    """The residual blocks of the vision or text tower (a ModuleList)."""
+    """The residual blocks of the vision or text tower (a ModuleList); for a ResNet image tower, its
+    bottleneck blocks in order (the stem counts as frozen with the blocks before them)."""
     if tower == "vision":
-        t = getattr(getattr(model, "visual", None), "transformer", None)
+        v = getattr(model, "visual", None)
+        if all(hasattr(v, f"layer{i}") for i in range(1, 5)) and hasattr(v, "attnpool"):  # open_clip's ModifiedResNet
+            import torch
+
+            return torch.nn.ModuleList([b for i in range(1, 5) for b in getattr(v, f"layer{i}")])
+        t = getattr(v, "transformer", None)
     else:
         t = getattr(model, "transformer", None)
         if t is None and hasattr(model, "text"):
@@ -383,7 +389,7 @@ def tower_head_params(model, tower: str) -> list:
     out = []
     if tower == "vision":
         v = model.visual
-        for name in ("ln_post", "proj", "attn_pool", "head"):
+        for name in ("ln_post", "proj", "attn_pool", "attnpool", "head"):
             m = getattr(v, name, None)
             if m is None:
                 continue
@@ -438,10 +444,20 @@ def replace_projections(model, model_cfg: dict, dim: int, seed: int = 0) -> dict
         raise ConfigError("--new-projection must be a positive embedding dimension")
     g = torch.Generator().manual_seed(seed)
     v = model.visual
-    if not isinstance(getattr(v, "proj", None), torch.nn.Parameter):
-        raise ConfigError("this vision tower has no `proj` matrix to replace")
-    width = v.proj.shape[0]
-    v.proj = torch.nn.Parameter(torch.randn(width, dim, generator=g) * width ** -0.5)
+    pool = getattr(v, "attnpool", None)
+    if isinstance(getattr(v, "proj", None), torch.nn.Parameter):
+        width = v.proj.shape[0]
+        v.proj = torch.nn.Parameter(torch.randn(width, dim, generator=g) * width ** -0.5)
+    elif isinstance(getattr(pool, "c_proj", None), torch.nn.Linear):  # ModifiedResNet: the attention pool's output
+        width = pool.c_proj.in_features
+        lin = torch.nn.Linear(width, dim)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(dim, width, generator=g) * width ** -0.5)
+            lin.bias.zero_()
+        pool.c_proj = lin
+        v.output_dim = dim
+    else:
+        raise ConfigError("this vision tower has no projection (`proj` or an attention pool's `c_proj`) to replace")
     tp = getattr(model, "text_projection", None)
     if isinstance(tp, torch.nn.Parameter):
         tw = tp.shape[0]
@@ -580,6 +596,8 @@ def embed_dataset(lm: LoadedModel, images_u8, captions: Sequence[str], batch: in
             ims.append(m.encode_image(normalize_batch(images_u8[i:i + batch], lm.preprocess_cfg), normalize=True))
             txs.append(m.encode_text(lm.tokenize(captions[i:i + batch]), normalize=True))
     m.train(was)
+    if was:
+        _freeze_frozen_batchnorm(m)
     return torch.cat(ims), torch.cat(txs)
 
 
@@ -661,6 +679,7 @@ def train(
     epoch = 0
     stopped_early = False
     model.train()
+    _freeze_frozen_batchnorm(model)
     while step < total_steps:
         order = tr_idx[rng.permutation(len(tr_idx))]
         for b in range(steps_per_epoch):
@@ -703,7 +722,7 @@ def train(
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             losses.append(float(loss.detach()))
             step += 1
-            cb({"event": "step", "step": step, "loss": losses[-1], "logit_scale": float(model.logit_scale.exp()), "lr": lr_at(step - 1)})
+            cb({"event": "step", "step": step, "loss": losses[-1], "logit_scale": float(model.logit_scale.detach().exp()), "lr": lr_at(step - 1)})
             if budget is not None and (time.time() - t0) > budget:
                 stopped_early = True  # the time budget ran out (the cosine schedule followed the clock)
                 break
@@ -730,6 +749,16 @@ def train(
         "stopped_early": stopped_early,
         "augment": "shapes" if use_scenes else "none",
     }
+
+
+def _freeze_frozen_batchnorm(model) -> None:
+    """BatchNorm layers whose weights are frozen keep their running statistics too (eval mode), as
+    open_clip's own `lock` does for a ResNet tower; otherwise "frozen" blocks would still drift."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
 
 
 def _image_pair_loss(img_f, scale, codes: np.ndarray):
