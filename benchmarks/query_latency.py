@@ -122,7 +122,12 @@ def warm(path: Path, n_queries: int, compare_torch: bool) -> None:
               f"{n_queries} queries, k=10):")
         for key, xs in parts.items():
             print(f"    {key:<24} {fmt(xs)}")
-        print(f"    {'(its CPU time)':<24} {fmt(cpu)}   (one thread; includes stalls on memory shared with other processes)")
+        from clipsearch import _blas
+
+        cores = _blas._cores()
+        threads = 1 if cores == 1 or _blas._machine_busy(cores) else cores
+        print(f"    {'(its CPU time)':<24} {fmt(cpu)}   (the calling thread only; BLAS threads for the query: {threads}, "
+              f"as clipsearch chose them at load average {os.getloadavg()[0]:.2f})")
         # the FAISS kernel the cache would use on its own, for comparison with the matrix-vector product
         q = enc.embed_texts(["a red circle"])[0][None]
         fx = []

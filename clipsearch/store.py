@@ -512,10 +512,10 @@ class Catalog:
         out: dict[int, list[bytes]] = {}
         with self.read() as conn:
             for chunk in _chunks([int(i) for i in ids], 500):
-                q = sa.select(files_table.c.embedding_id, files_table.c.path).where(
-                    files_table.c.embedding_id.in_(chunk), files_table.c.status == "ok"
-                ).order_by(files_table.c.path)
-                for eid, path in conn.execute(q):
+                # plain SQL: this runs once per query, and building the SQLAlchemy statement cost more than the lookup
+                sql = ("SELECT embedding_id, path FROM files WHERE status = 'ok' AND embedding_id IN "
+                       f"({','.join('?' * len(chunk))}) ORDER BY path")
+                for eid, path in conn.exec_driver_sql(sql, tuple(chunk)):
                     out.setdefault(eid, []).append(path)
         return out
 

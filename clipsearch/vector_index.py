@@ -60,6 +60,7 @@ class VectorIndex:
         self.watermark = watermark
         self._coarse = None  # float16 copy of the vectors for the search shortlist, made on first use
         self._vmax = 1.0
+        self._searches = 0
 
     @property
     def ntotal(self) -> int:
@@ -97,17 +98,19 @@ class VectorIndex:
             return scores[0][keep], ids[0][keep]
         matrix, id_map = view
         rows = None
-        if len(matrix) >= SHORTLIST_MIN and k * 16 <= len(matrix):
+        self._searches += 1
+        # not for the first search: a process that searches once (the CLI) would pay more for the copy than it saves
+        if self._searches > 1 and len(matrix) >= SHORTLIST_MIN and k * 16 <= len(matrix):
             rows = self._shortlist(matrix, q[0], k)
         if rows is not None:
             scores = matrix[rows] @ q[0]
         else:
             # the same exact inner products as IndexFlatIP, as one BLAS matrix-vector product over the index's
             # own vectors (no copy): faster than faiss's one-query kernel (benchmarks/query_latency.py)
-            from ._blas import one_thread
+            from ._blas import query_threads
 
             rows = np.arange(len(matrix))
-            with one_thread():  # memory bound: a second BLAS thread only spins when the other core is busy
+            with query_threads():  # memory bound: a second core helps only when it is idle (_blas.py)
                 scores = matrix @ q[0]
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]

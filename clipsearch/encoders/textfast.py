@@ -209,9 +209,9 @@ class NumpyTextEncoder:
         texts = list(texts)
         if not texts:
             return np.empty((0, self.dim), np.float32)
-        from .._blas import one_thread
+        from .._blas import query_threads
 
-        with one_thread():  # memory-bound small products: more BLAS threads only spin (see _blas.py)
+        with query_threads():  # memory-bound small products: two cores help only when the other is idle (_blas.py)
             return l2_normalize(self.encode_tokens(self.tokenize(texts)))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
