@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,51 @@ def test_flat_search_kernel_matches_faiss():
         assert ids.dtype == np.int64
     scores, ids = index.search(x[3], 10_000)  # k beyond ntotal: everything, best first
     assert len(ids) == index.ntotal and np.all(np.diff(scores) <= 1e-7)
+
+
+@pytest.mark.parametrize("size,interpolation", [(224, "bicubic"), (96, "bicubic"), (64, "bilinear")])
+def test_pil_preprocess_is_open_clips_transform(size, interpolation):
+    """The indexer's torch-free preprocessing gives open_clip's evaluation transform bit for bit."""
+    import open_clip
+    from PIL import Image
+
+    from clipsearch.encoders.openclip import pil_preprocess
+
+    pp = {"size": size, "interpolation": interpolation, "resize_mode": "shortest",
+          "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
+    ours = pil_preprocess(pp)
+    theirs = open_clip.transform.image_transform_v2(open_clip.transform.PreprocessCfg(**pp), is_train=False)
+    rng = np.random.default_rng(3)
+    for w, h in ((576, 432), (432, 577), (size, size), (size + 1, 3 * size + 7), (1001, 999), (37, 51)):
+        for mode in ("RGB", "L", "RGBA"):
+            im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+            a, b = ours(im), theirs(im)
+            assert a.shape == b.shape == (3, size, size) and a.dtype == b.dtype
+            assert torch_equal(a, b), (w, h, mode, float((a - b).abs().max()))
+    assert pil_preprocess({**pp, "resize_mode": "squash"}) is None
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_query_threads_follow_idle_cores(monkeypatch):
+    from clipsearch import _blas
+
+    monkeypatch.setattr(_blas, "_cores", lambda: 2)
+    for others, want in ((0.0, 2), (0.3, 2), (0.8, 1), (1.9, 1), (5.0, 1)):
+        monkeypatch.setattr(_blas, "_others_load", lambda cores, o=others: o)
+        assert _blas.query_thread_count() == want
+    monkeypatch.setattr(_blas, "_cores", lambda: 1)
+    assert _blas.query_thread_count() == 1
+    monkeypatch.undo()
+    _blas._others_load(_blas._cores())
+    time.sleep(0.1)
+    assert _blas._others_load(_blas._cores()) >= 0.0  # the /proc/stat (or load average) path runs
+    with _blas.query_threads():  # and the context manager restores what it changed
+        pass
 
 
 def test_float16_shortlist_search_is_exact(monkeypatch):
