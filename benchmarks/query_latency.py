@@ -124,10 +124,8 @@ def warm(path: Path, n_queries: int, compare_torch: bool) -> None:
             print(f"    {key:<24} {fmt(xs)}")
         from clipsearch import _blas
 
-        cores = _blas._cores()
-        threads = 1 if cores == 1 or _blas._machine_busy(cores) else cores
-        print(f"    {'(its CPU time)':<24} {fmt(cpu)}   (the calling thread only; BLAS threads for the query: {threads}, "
-              f"as clipsearch chose them at load average {os.getloadavg()[0]:.2f})")
+        print(f"    {'(its CPU time)':<24} {fmt(cpu)}   (the calling thread only; BLAS threads clipsearch would "
+              f"choose now: {_blas.query_thread_count()} of {_blas._cores()})")
         # the FAISS kernel the cache would use on its own, for comparison with the matrix-vector product
         q = enc.embed_texts(["a red circle"])[0][None]
         fx = []

@@ -4,11 +4,10 @@ A query's text tower (a handful of tokens) and its matrix-vector product over th
 bound. On an idle machine a second core adds memory bandwidth (measured on 2 cores: text encoding
 28-39 ms with one thread, 18-25 ms with two). When other processes keep the cores busy, OpenBLAS's
 spinning threads made a query 2-3x slower instead (text encoding p50 135 -> 56 ms, vector search
-30 -> 21 ms at 100k with one thread). So `query_threads` uses every core while the 1-minute load
-average leaves one idle beyond the query's own, and one thread otherwise. OpenBLAS >= 0.3.27 sets
-threads for the calling thread alone (`openblas_set_num_threads_local`), so neither the rest of the
-process nor other threads are touched. Where that function is not found (another BLAS, an older
-OpenBLAS), nothing changes.
+30 -> 21 ms at 100k with one thread). So `query_threads` uses the cores that other processes leave
+idle, and at least one. OpenBLAS >= 0.3.27 sets threads for the calling thread alone
+(`openblas_set_num_threads_local`), so neither the rest of the process nor other threads are
+touched. Where that function is not found (another BLAS, an older OpenBLAS), nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import contextlib
 import ctypes
 import glob
 import os
+import time
 
 _setter = None
 
@@ -47,19 +47,48 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _machine_busy(cores: int) -> bool:
+_last_sample: tuple[float, int, int, float] | None = None
+
+
+def _others_load(cores: int) -> float:
+    """Cores' worth of CPU that other processes used lately.
+
+    On Linux: system-wide busy time from /proc/stat minus this process's own CPU time (all its threads,
+    so OpenBLAS's spinning ones too), over the time since the previous query when that is under 10 s.
+    Otherwise: the 1-minute load average less the one runnable thread this query is.
+    """
+    global _last_sample
+    now = time.monotonic()
+    own = sum(os.times()[:2])
     try:
-        load = os.getloadavg()[0]
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        busy, total = sum(fields) - fields[3] - fields[4], sum(fields)
+    except (OSError, ValueError):
+        busy = total = -1
+    prev, _last_sample = _last_sample, (now, busy, total, own)
+    if prev is not None and busy >= 0 and prev[1] >= 0 and 0.05 <= now - prev[0] <= 10:
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        others = (busy - prev[1]) / ticks - (own - prev[3])
+        return max(0.0, others / (now - prev[0]))
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
     except (AttributeError, OSError):
-        return True
-    return load > cores - 0.5
+        return float(cores)
+
+
+def query_thread_count() -> int:
+    """Every idle core, at least one (see above)."""
+    cores = _cores()
+    if cores == 1:
+        return 1
+    return max(1, min(cores, int(cores - _others_load(cores) + 0.5)))
 
 
 @contextlib.contextmanager
 def query_threads():
-    """Every core for the products inside, or one thread when the machine is busy (see above)."""
-    cores = _cores()
-    with _threads(1 if cores == 1 or _machine_busy(cores) else cores):
+    """BLAS threads for the products inside: the cores other processes leave idle."""
+    with _threads(query_thread_count()):
         yield
 
 
