@@ -133,7 +133,8 @@ class VectorIndex:
             coarse = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
             coarse.add(matrix)  # rows in the same order as the flat index (positions, not ids)
             self._coarse = coarse
-            self._vmax = float(np.sqrt((matrix.astype(np.float64) ** 2).sum(1).max()))
+            # the longest vector (float32 sums, so with a margin; no float64 copy of a 1M x 512 matrix)
+            self._vmax = float(np.sqrt(np.einsum("ij,ij->i", matrix, matrix).max())) * (1 + 1e-4)
         eps = float(np.linalg.norm(q)) * self._vmax * (2.0 ** -11 + self.dim * 2.0 ** -23) + 1e-6
         m = max(4 * k, k + 64)
         while m * 4 <= n:
