@@ -42,7 +42,9 @@ def test_signal_during_index(tmp_path, tiny_model, sig, code):
         make_image(photos / f"{i:04d}.png", 1000 + i, size=(32, 32))
     lib_dir = tmp_path / "lib"
     log = tmp_path / "log.jsonl"
-    env = dict(os.environ, CLIPSEARCH_CRASH_LOG=str(log))
+    # 60 batches at 0.05 s each: the run lasts seconds however fast indexing becomes (240 tiny images once took 0.6 s,
+    # and the signal arrived after the run had ended)
+    env = dict(os.environ, CLIPSEARCH_CRASH_LOG=str(log), CLIPSEARCH_CRASH_PAUSE="after_commit:0.05")
     env.pop("CLIPSEARCH_HOME", None)
     child = subprocess.Popen(
         [sys.executable, "-m", "clipsearch", "index", str(photos), "--library", str(lib_dir), "--model", tiny_model,
