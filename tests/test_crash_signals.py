@@ -34,6 +34,13 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
+def _interactive_signals() -> None:
+    """The child starts as a command typed at a terminal would: SIGINT not ignored. A test run started in
+    the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then leaves it
+    ignored, so the child would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_index(tmp_path, tiny_model, sig, code):
     photos = tmp_path / "photos"
@@ -49,7 +56,7 @@ def test_signal_during_index(tmp_path, tiny_model, sig, code):
     child = subprocess.Popen(
         [sys.executable, "-m", "clipsearch", "index", str(photos), "--library", str(lib_dir), "--model", tiny_model,
          "--batch-size", "4", "--workers", "1", "-q"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interactive_signals)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len([e for e in read_log(log) if e["event"] == "after_commit"]) < 3:
         time.sleep(0.02)
