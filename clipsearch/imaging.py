@@ -98,9 +98,15 @@ def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False,
     """Depth-first, sorted (up to SORT_LIMIT entries per folder), regular image files only. Symlinks are not followed (so no loops), unless
     `follow_symlinks`: then every directory and file is visited once by (st_dev, st_ino), so loops end and
     a file reachable by several paths is indexed once (under the first path in walk order)."""
-    if follow_symlinks:
-        yield from _walk_following(root, errors, include_hidden)
-        return
+    follow = follow_symlinks
+    if follow:
+        try:
+            st = os.stat(root)
+        except OSError as e:
+            errors.errors.append((root, e.strerror or str(e)))
+            return
+        seen_dirs = {(st.st_dev, st.st_ino)}
+        seen_files: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         d = stack.pop()
@@ -110,57 +116,31 @@ def walk(root: bytes, errors: WalkErrors, *, include_hidden: bool = False,
             if not include_hidden and e.name.startswith(b"."):
                 continue
             try:
-                if e.is_dir(follow_symlinks=False):
+                is_dir = e.is_dir(follow_symlinks=follow)
+                if is_dir and not follow:  # no stat needed: a directory is not a link here
                     if e.name not in JUNK_DIRS:
                         subdirs.append(e.path)
                     continue
-                if not is_image_name(e.name):
-                    continue
-                st = e.stat(follow_symlinks=False)
-            except OSError as err:
-                errors.errors.append((e.path, err.strerror or str(err)))
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        stack.extend(reversed(subdirs))
-
-
-def _walk_following(root: bytes, errors: WalkErrors, include_hidden: bool) -> Iterator[Entry]:
-    try:
-        st = os.stat(root)
-    except OSError as e:
-        errors.errors.append((root, e.strerror or str(e)))
-        return
-    seen_dirs = {(st.st_dev, st.st_ino)}
-    seen_files: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        entries = _scan(d, errors)
-        subdirs = []
-        for e in entries:
-            if not include_hidden and e.name.startswith(b"."):
-                continue
-            try:
-                is_dir = e.is_dir(follow_symlinks=True)
                 if not is_dir and not is_image_name(e.name):
                     continue
-                st = e.stat(follow_symlinks=True)
-            except FileNotFoundError:  # a dangling link
-                continue
+                st = e.stat(follow_symlinks=follow)
             except OSError as err:
-                if err.errno == getattr(os, "ELOOP", 40):  # a link to itself
-                    continue
+                if follow and (isinstance(err, FileNotFoundError) or err.errno == getattr(os, "ELOOP", 40)):
+                    continue  # a dangling link, or a link to itself
                 errors.errors.append((e.path, err.strerror or str(err)))
                 continue
-            key = (st.st_dev, st.st_ino)
-            if is_dir:
+            if is_dir:  # following links: each directory once
+                key = (st.st_dev, st.st_ino)
                 if e.name not in JUNK_DIRS and key not in seen_dirs:
                     seen_dirs.add(key)
                     subdirs.append(e.path)
-            elif stat.S_ISREG(st.st_mode) and key not in seen_files:
-                seen_files.add(key)
-                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, follow=e.is_symlink())
+            elif stat.S_ISREG(st.st_mode):
+                if follow:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen_files:
+                        continue
+                    seen_files.add(key)
+                yield Entry(e.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, follow=follow and e.is_symlink())
         stack.extend(reversed(subdirs))
 
 
