@@ -47,7 +47,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-_last_sample: tuple[float, int, int, float] | None = None
+_last_sample: tuple[float, int, float] | None = None  # (monotonic time, system busy ticks, own CPU seconds)
+_last_estimate: float | None = None
 
 
 def _others_load(cores: int) -> float:
@@ -55,26 +56,31 @@ def _others_load(cores: int) -> float:
 
     On Linux: system-wide busy time from /proc/stat minus this process's own CPU time (all its threads,
     so OpenBLAS's spinning ones too), over the time since the previous query when that is under 10 s.
-    Otherwise: the 1-minute load average less the one runnable thread this query is.
+    A second call within 50 ms (the same query's search after its text) keeps the first one's answer
+    and its sample. Otherwise: the 1-minute load average less the one runnable thread this query is.
     """
-    global _last_sample
+    global _last_sample, _last_estimate
     now = time.monotonic()
+    if _last_sample is not None and _last_estimate is not None and now - _last_sample[0] < 0.05:
+        return _last_estimate
     own = sum(os.times()[:2])
     try:
         with open("/proc/stat", "rb") as f:
             fields = [int(x) for x in f.readline().split()[1:9]]
-        busy, total = sum(fields) - fields[3] - fields[4], sum(fields)
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
     except (OSError, ValueError):
-        busy = total = -1
-    prev, _last_sample = _last_sample, (now, busy, total, own)
-    if prev is not None and busy >= 0 and prev[1] >= 0 and 0.05 <= now - prev[0] <= 10:
+        busy = -1
+    prev, _last_sample = _last_sample, (now, busy, own)
+    if prev is not None and busy >= 0 and prev[1] >= 0 and now - prev[0] <= 10:
         ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        others = (busy - prev[1]) / ticks - (own - prev[3])
-        return max(0.0, others / (now - prev[0]))
-    try:
-        return max(0.0, os.getloadavg()[0] - 1.0)
-    except (AttributeError, OSError):
-        return float(cores)
+        others = (busy - prev[1]) / ticks - (own - prev[2])
+        _last_estimate = max(0.0, others / (now - prev[0]))
+    else:
+        try:
+            _last_estimate = max(0.0, os.getloadavg()[0] - 1.0)
+        except (AttributeError, OSError):
+            _last_estimate = float(cores)
+    return _last_estimate
 
 
 def query_thread_count() -> int:
