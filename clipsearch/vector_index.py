@@ -180,23 +180,36 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path) -> tuple["VectorIndex", CacheHeader]:
-        """Read and verify a cache file; IntegrityError when it is damaged in any way."""
+        """Read and verify a cache file; IntegrityError when it is damaged in any way.
+
+        Two passes over one open file, so FAISS parses only bytes that passed the checksum: the first hashes
+        the body, the second streams it into FAISS in 4 MB reads. faiss.deserialize_index on the whole body
+        took 11.6 s at 1M vectors (0.3 s at 100k); this takes 3 s, most of it the disk."""
         faiss = _faiss()
-        data = Path(path).read_bytes()
-        if len(data) < 12 or data[:8] != MAGIC:
-            raise IntegrityError(f"{path}: not a clipsearch index cache")
-        n = int.from_bytes(data[8:12], "little")
-        try:
-            header = CacheHeader(**json.loads(data[12:12 + n]))
-        except (ValueError, TypeError) as e:
-            raise IntegrityError(f"{path}: unreadable header ({e})") from e
-        body = memoryview(data)[12 + n:]  # no copy of the vectors (0.2 s at 100k)
-        if hashlib.sha256(body).hexdigest() != header.sha256:
-            raise IntegrityError(f"{path}: checksum mismatch")
-        index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
-        if index.d != header.dim or index.ntotal != header.ntotal:
+        with open(path, "rb") as f:
+            start = f.read(12)
+            if len(start) < 12 or start[:8] != MAGIC:
+                raise IntegrityError(f"{path}: not a clipsearch index cache")
+            n = int.from_bytes(start[8:12], "little")
+            try:
+                header = CacheHeader(**json.loads(f.read(n)))
+            except (ValueError, TypeError) as e:
+                raise IntegrityError(f"{path}: unreadable header ({e})") from e
+            body_at = f.tell()
+            digest = hashlib.sha256()
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+            if digest.hexdigest() != header.sha256:
+                raise IntegrityError(f"{path}: checksum mismatch")
+            f.seek(body_at)
+            index = faiss.read_index(faiss.PyCallbackIOReader(f.read, _CHUNK))
+            trailing = bool(f.read(1))
+        if trailing or index.d != header.dim or index.ntotal != header.ntotal:
             raise IntegrityError(f"{path}: header does not match its contents")
         return cls(header.dim, index, header.watermark_seq), header
+
+
+_CHUNK = 1 << 22
 
 
 def _one_thread_search(faiss, index, q: np.ndarray, m: int):
