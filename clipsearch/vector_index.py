@@ -209,7 +209,7 @@ class VectorIndex:
         return cls(header.dim, index, header.watermark_seq), header
 
 
-_CHUNK = 1 << 22
+_CHUNK = 1 << 22  # bytes per read of the cache file
 
 
 def _one_thread_search(faiss, index, q: np.ndarray, m: int):
