@@ -166,11 +166,14 @@ class Indexer:
                                                                follow_symlinks=self.follow_symlinks)),
                                   scan, report):
             pending.append(pool.submit(self._prepare, item))
-            while len(pending) >= limit or (pending and pending[0].done()):
+            while len(batch) < self.batch_size and pending and (len(pending) >= limit or pending[0].done()):
                 batch.append(pending.popleft().result())
-                if len(batch) >= self.batch_size:
-                    self._commit(batch, root_id, scan, report)
-                    batch = []
+            # a full batch waits until the next one is queued, so the workers decode it while the model runs
+            # (committing as soon as the batch filled left them ~2 pictures, and the model then waited for the
+            # next batch's decoding: 0.09 s a batch of ~1 MP pictures)
+            if len(batch) >= self.batch_size and len(pending) >= self.batch_size:
+                self._commit(batch, root_id, scan, report)
+                batch = []
         while pending:
             batch.append(pending.popleft().result())
             if len(batch) >= self.batch_size:

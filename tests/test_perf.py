@@ -83,6 +83,37 @@ def test_bf16_embeddings_match_fp32(tiny_model):
     assert cos_txt.min() >= 0.999, cos_txt
 
 
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_bf16_blocks_pack_the_mlp(quick_gelu):
+    """Where oneDNN's prepacked linear works, the MLP's matmuls run on packed weights, the exact GELU fused into
+    the first (QuickGELU stays a module); the answers stay those of fp32 and the parameters stay in place."""
+    import copy
+
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from clipsearch.encoders.openclip import _bf16_blocks, _onednn_packing_works, cpu_supports_bf16
+
+    torch.manual_seed(0)
+    model = CLIP(**TINY_MODEL_CFG, quick_gelu=quick_gelu).eval()
+    mixed = copy.deepcopy(model)
+    keys = set(model.state_dict())
+    assert _bf16_blocks(mixed)
+    assert set(mixed.state_dict()) == keys
+    mlps = [m.mlp for m in mixed.modules() if isinstance(m, ResidualAttentionBlock)]
+    packing = _onednn_packing_works()
+    if cpu_supports_bf16():  # this machine: AVX512_BF16, and torch's wheels carry oneDNN
+        assert packing
+    assert all("forward" in vars(m.c_fc) for m in mlps) == packing
+    assert all(isinstance(m.gelu, torch.nn.Identity) for m in mlps) == (packing and not quick_gelu)
+    x = torch.randn(6, 3, 32, 32)
+    tokens = torch.randint(1, 400, (3, 16))
+    with torch.inference_mode():
+        for a, b in ((model.encode_image(x), mixed.encode_image(x)), (model.encode_text(tokens), mixed.encode_text(tokens))):
+            assert torch.nn.functional.cosine_similarity(a, b.float()).min() >= 0.999
+
+
 NEAR_TIE = 2e-3  # bf16's own noise on a cosine score (measured max |error| 0.0026 on the shapes sample)
 
 

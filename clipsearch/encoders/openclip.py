@@ -524,7 +524,70 @@ def _bf16_blocks(model) -> bool:
             sub.to(torch.bfloat16)
             sub.register_forward_pre_hook(to_bf16, with_kwargs=True)
             sub.register_forward_hook(to_fp32)
+    if _onednn_packing_works():
+        for b in blocks:
+            _pack_mlp(b.mlp)
     return True
+
+
+# oneDNN's prepacked linear, the kernel torch.compile's CPU freezing pass uses; packed once for this many rows
+_PACK_ROWS = 1600  # a batch of 32 images of ViT-B-32's 50 tokens
+
+
+def _onednn_packing_works() -> bool:
+    """torch.ops.mkldnn's prepacked bf16 linear is a private torch API: use it only where it exists and gives
+    F.linear's answer (the same oneDNN matmul without the per-call weight reorder)."""
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(48, 32, generator=g).bfloat16()
+        bias = torch.randn(48, generator=g).bfloat16()
+        x = torch.randn(5, 7, 32, generator=g).bfloat16()
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
+        with torch.inference_mode():
+            plain = F.linear(x, w, bias)
+            fused = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
+            return (torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), plain)
+                    and torch.allclose(fused.float(), F.gelu(plain).float(), rtol=1e-2, atol=1e-2))
+    except Exception:  # an older or a future torch, or a build without oneDNN
+        logger.debug("no oneDNN prepacked linear here", exc_info=True)
+        return False
+
+
+def _pack_mlp(mlp) -> None:
+    """The MLP's two matmuls (two thirds of a ViT block's FLOPs) through prepacked oneDNN weights, the exact
+    GELU fused into the first. ViT-B-32 image tower, batch 32, 2 threads, interleaved runs: 37.2 -> 40.5 img/s
+    (median of 12). The parameters stay as they are (state_dict, names); the packed copies (113 MB for
+    ViT-B-32) serve inference only."""
+    import torch
+    from torch import nn
+
+    fc, act, proj = getattr(mlp, "c_fc", None), getattr(mlp, "gelu", None), getattr(mlp, "c_proj", None)
+    if not (isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear) and fc.bias is not None
+            and proj.bias is not None and fc.weight.dtype == proj.weight.dtype == torch.bfloat16):
+        return
+    fuse = type(act) is nn.GELU and act.approximate == "none"
+    fc.forward = _packed_linear(fc, "gelu" if fuse else "none")
+    proj.forward = _packed_linear(proj, "none")
+    if fuse:
+        mlp.gelu = nn.Identity()
+
+
+def _packed_linear(linear, activation: str):
+    import torch
+
+    weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACK_ROWS)
+    bias = linear.bias.detach()
+    algorithm = "none" if activation == "gelu" else ""  # "none": the exact (erf) GELU
+
+    def forward(x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+
+    return forward
 
 
 def _to_unit(t) -> np.ndarray:
