@@ -68,6 +68,18 @@ def main() -> None:
         peaks[name] = best
         print(f"  {name}: {best / 1e9:7.1f} GFLOP/s")
     print(f"  bf16 / fp32: x{peaks['bf16'] / peaks['fp32']:.2f}")
+    # int8 (not used by clipsearch: what quantised matmuls would offer this CPU, for the README's argument)
+    try:
+        best = 0.0
+        for n in (1024, 2048):
+            a = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+            b = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+            with torch.inference_mode():
+                best = max(best, best_rate(lambda: torch._int_mm(a, b), 2 * n ** 3, args.seconds / 3))
+        print(f"  int8 (torch._int_mm, int32 sums; not used by clipsearch): {best / 1e9:7.1f} GOP/s, "
+              f"x{best / peaks['bf16']:.2f} bf16")
+    except (RuntimeError, AttributeError) as e:
+        print(f"  int8: torch._int_mm unavailable here ({type(e).__name__})")
 
     print(f"\n{ARCH} image tower throughput (inference mode, random inputs):")
     print("  fp32 = open_clip as built; bf16-all = model.to(bfloat16); bf16-blocks = what clipsearch runs for")

@@ -9,6 +9,9 @@
     preprocess in worker threads overlapping batched inference in the CPU's best precision, one
     SQLite commit per batch, the FAISS cache written at the end.
 
+(c) the workers' share: CPU milliseconds per picture to read, hash, draft-decode and preprocess, on
+    one thread (what the indexer's threads take from the cores the model also needs).
+
 Each run is a fresh process, so its peak RSS is its own. Times exclude loading the model (both).
 The corpora are camera-like JPEGs (smooth shapes and gradients, fine texture and sensor-like
 noise, quality 90, 4:2:0), each different, generated once into --work and reused.
@@ -109,6 +112,21 @@ def child_clipsearch(corpus: Path, weights: Path, lib: Path, options: dict) -> d
     return {"images": report.embedded, "seconds": report.seconds, "peak_rss_mb": peak_rss_mb(), "precision": precision}
 
 
+def prepare_cpu_ms(files: list[Path]) -> float:
+    """CPU milliseconds per picture of the indexer workers' part, on one thread: read, hash, JPEG draft
+    decode, preprocess (the indexer's own functions; the ViT-B-32 preprocessing config)."""
+    from clipsearch import imaging
+    from clipsearch.encoders.openclip import pil_preprocess
+
+    preprocess = pil_preprocess({"size": 224, "interpolation": "bicubic", "resize_mode": "shortest"})
+    start = time.process_time()
+    for f in files:
+        data = f.read_bytes()
+        imaging.content_hash(data)
+        preprocess(imaging.decode(data, draft=224)[0])
+    return (time.process_time() - start) * 1000 / len(files)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n12", type=int, default=32, help="12-megapixel images (default 32)")
@@ -155,7 +173,7 @@ def main() -> None:
 
         with Image.open(files[0]) as im:
             desc = f"{name} {im.width}x{im.height} JPEG q90 ({mb:.1f} MB avg)"
-        res = {}
+        res = {"prepare_ms": prepare_cpu_ms(files[:32])}
         for method in (["naive"] if not args.skip_naive else []) + ["clipsearch"]:
             child = [__file__, "--child", method, str(corpus), str(weights)]
             if method == "clipsearch":
@@ -176,6 +194,7 @@ def main() -> None:
             line += (f" vs naive {n['images'] / n['seconds']:.2f} img/s = x{(c['images'] / c['seconds']) / (n['images'] / n['seconds']):.2f}"
                      f"; peak RSS {c['peak_rss_mb']:.0f} MB vs {n['peak_rss_mb']:.0f} MB")
         print(line)
+        print(f"  read + hash + draft decode + preprocess, one thread: {res['prepare_ms']:.1f} ms of CPU a picture")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
