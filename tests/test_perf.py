@@ -107,6 +107,10 @@ def test_bf16_blocks_pack_the_mlp(quick_gelu):
         assert packing
     assert all("forward" in vars(m.c_fc) for m in mlps) == packing
     assert all(isinstance(m.gelu, torch.nn.Identity) for m in mlps) == (packing and not quick_gelu)
+    with torch.device("meta"):  # weights off the CPU (as on CUDA with --precision bf16): nothing is packed
+        elsewhere = CLIP(**TINY_MODEL_CFG, quick_gelu=quick_gelu)
+    assert _bf16_blocks(elsewhere)
+    assert not any("forward" in vars(m.mlp.c_fc) for m in elsewhere.modules() if isinstance(m, ResidualAttentionBlock))
     x = torch.randn(6, 3, 32, 32)
     tokens = torch.randint(1, 400, (3, 16))
     with torch.inference_mode():

@@ -568,7 +568,8 @@ def _pack_mlp(mlp) -> None:
 
     fc, act, proj = getattr(mlp, "c_fc", None), getattr(mlp, "gelu", None), getattr(mlp, "c_proj", None)
     if not (isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear) and fc.bias is not None
-            and proj.bias is not None and fc.weight.dtype == proj.weight.dtype == torch.bfloat16):
+            and proj.bias is not None and fc.weight.dtype == proj.weight.dtype == torch.bfloat16
+            and fc.weight.device.type == proj.weight.device.type == "cpu"):  # oneDNN: CPU tensors only
         return
     fuse = type(act) is nn.GELU and act.approximate == "none"
     fc.forward = _packed_linear(fc, "gelu" if fuse else "none")
