@@ -110,9 +110,10 @@ def test_no_pickle_of_our_own_artifacts():
     # FAISS parses the cache only in VectorIndex.load, and only after the checksum of what it will parse
     import inspect
 
+    from clipsearch import vector_index
     from clipsearch.vector_index import VectorIndex
 
-    source = inspect.getsource(VectorIndex)
+    source = inspect.getsource(vector_index)
     load = inspect.getsource(VectorIndex.load)
     assert source.count("read_index(") == load.count("read_index(") == 1 and "deserialize_index(" not in source
     assert load.index('raise IntegrityError(f"{path}: checksum mismatch")') < load.index("read_index(")
