@@ -6,6 +6,7 @@ randomly initialised model is never returned for search.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -534,6 +535,7 @@ def _bf16_blocks(model) -> bool:
 _PACK_ROWS = 1600  # a batch of 32 images of ViT-B-32's 50 tokens
 
 
+@functools.cache
 def _onednn_packing_works() -> bool:
     """torch.ops.mkldnn's prepacked bf16 linear is a private torch API: use it only where it exists and gives
     F.linear's answer (the same oneDNN matmul without the per-call weight reorder)."""
