@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import imaging
+from . import identity, imaging
 from .encoders import DEFAULT_MODEL, parse_model_spec
 from .errors import (ClipSearchError, ConfigError, EmptyLibraryError, ImageError, IntegrityError, LibraryError,
                      LibraryLockedError, LibraryNotFoundError, ModelMismatchError)
@@ -35,12 +35,6 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = "lock"
 PUBLISH_EVERY_SECONDS = 30.0
-
-
-def fingerprint_id(fp: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(dumps(fp).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -214,43 +208,13 @@ class Library:
         if self._text_encoder is None:
             self._text_encoder = False
             if self._encoder is None and self.device != "cuda" and self.precision in ("auto", "fp32"):
-                from .encoders import parse_model_spec
-                from .encoders.textfast import load_text_encoder
-
-                light = load_text_encoder(parse_model_spec(self.model_name))
-                if light is not None:
-                    self._check_text_fingerprint(light)
-                    self._text_encoder = light
+                self._text_encoder = identity.load_light_text_encoder(self.catalog, self.path, self.model_name) or False
         return self._text_encoder or self.encoder
-
-    def _check_text_fingerprint(self, light) -> None:
-        stored = json.loads(self.catalog.get_meta("model_fingerprint_json") or "{}")
-        mine = {"model": light.name, "arch": light.arch, "weights": light.weights_id, "dim": light.dim}
-        if any(stored.get(k) != v for k, v in mine.items()):
-            raise ModelMismatchError(
-                f"the library at {self.path} was built with model {stored.get('model', self.model_name)} "
-                f"(weights {stored.get('weights')}, dim {stored.get('dim')}); the model now loaded is {light.name} "
-                f"(weights {light.weights_id}, dim {light.dim}). Its vectors would not be comparable; "
-                f"index into another --library"
-            )
 
     def _check_fingerprint(self, encoder) -> None:
         if getattr(self, "_fp_checked", None) is encoder:
             return
-        fp = dict(encoder.fingerprint)
-        fid = fingerprint_id(fp)
-        meta = self.catalog.all_meta()
-        stored = meta.get("model_fingerprint")
-        if stored is None:
-            self.catalog.set_meta(model_fingerprint=fid, model_fingerprint_json=dumps(fp), dim=str(encoder.dim))
-        elif stored != fid:
-            old = json.loads(meta.get("model_fingerprint_json", "{}"))
-            raise ModelMismatchError(
-                f"the library at {self.path} was built with model {old.get('model', meta.get('model'))} "
-                f"(weights {old.get('weights')}, dim {old.get('dim')}); the model now loaded is {fp.get('model')} "
-                f"(weights {fp.get('weights')}, dim {fp.get('dim')}). Its vectors would not be comparable; "
-                f"index into another --library"
-            )
+        identity.check_fingerprint(self.catalog, self.path, encoder)
         self._fp_checked = encoder
 
     @property
