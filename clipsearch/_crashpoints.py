@@ -1,4 +1,5 @@
-"""Named crash points for the crash-test harness (tests/test_crash*.py). Off unless the environment says so.
+"""Named crash points for the crash-test harness (tests/test_crash*.py): TEST-ONLY machinery, off unless the
+environment says so when the CLI starts (cli.main calls `configure()` once; importing this module reads nothing).
 
     CLIPSEARCH_CRASH_AT=name[:n][,name[:n]...]   SIGKILL this process at the n-th (default 1st) hit of `name`
     CLIPSEARCH_CRASH_LOG=/path/file.jsonl         append one JSON line per hit (e.g. every committed batch)
@@ -9,7 +10,7 @@ Names: before_embed, mid_commit, after_commit, mid_sweep, after_sweep, mid_check
 half written), before_replace, after_replace (between os.replace and the directory fsync), mid_migration.
 
 Callers guard with `if _crashpoints.ACTIVE:` so an unset environment costs one attribute lookup.
-This is the only module that reads these variables; the harness is their only user.
+Only `configure` reads these variables, with the environment the CLI passes it; the harness is their only user.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ _pauses: dict[str, float] = {}
 _log_fd: int | None = None
 
 
-def configure(environ=os.environ) -> None:
-    """(Re)read the environment; a forked test child calls this after changing it."""
+def configure(environ) -> None:
+    """(Re)read the settings from `environ` (the CLI's environment; a forked test child's after changing it)."""
     global ACTIVE, _log_fd
     _targets.clear()
     _counts.clear()
@@ -65,6 +66,3 @@ def _plain(o):
     if isinstance(o, (set, frozenset, tuple)):
         return list(o)
     return str(o)
-
-
-configure()

@@ -175,7 +175,7 @@ def query(text, image, k, library, model, device, precision, min_score, as_json,
     if (text is None) == (image is None):
         raise click.UsageError("give a query TEXT or --image PATH (one of them)")
     if text is not None:
-        from .library import check_query_text
+        from .query import check_query_text
 
         try:
             check_query_text(text)
@@ -260,7 +260,10 @@ def main() -> None:
     # numpy's OpenBLAS (the query's text tower and vector search) runs one thread: its spinning worker threads
     # made a query 10x slower when another process kept the other core busy (measured); must precede numpy's import
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from . import _crashpoints
     from .config import config_path, load_default_map
+
+    _crashpoints.configure(os.environ)  # test-only crash points; off unless CLIPSEARCH_CRASH_* is set
 
     try:
         default_map = load_default_map(config_path(dict(os.environ)))

@@ -7,7 +7,8 @@
     │   ├── NotALibraryError         a file that is not a clipsearch database: never touched
     │   ├── SchemaTooNewError        made by a newer clipsearch
     │   ├── LibraryLockedError       another process is indexing this library
-    │   └── EmptyLibraryError        a library with no images yet
+    │   ├── EmptyLibraryError        a library with no images yet
+    │   └── NotFoundError            an image id or path the library does not hold
     ├── ModelError               the model
     │   ├── ModelUnavailableError    weights cannot be found or loaded (never random weights)
     │   └── ModelMismatchError       the library was built by another model
@@ -77,3 +78,7 @@ class ImageError(ClipSearchError):
 
 class IntegrityError(ClipSearchError):
     pass
+
+
+class NotFoundError(LibraryError):
+    """An image id or path that is not an indexed, live image of the library."""

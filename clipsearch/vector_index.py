@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,8 @@ SHORTLIST_MIN = 20_000  # vectors from which a search first scans a float16 copy
 
 
 def _faiss():
-    import faiss
+    import faiss  # its process-wide settings (BLAS threshold, OpenMP threads) are left as they are
 
-    # one query at a time: BLAS is faster from ~20 queries up (perf-notes), and exact either way
-    faiss.cvar.distance_compute_blas_threshold = 20
     return faiss
 
 
@@ -58,8 +57,8 @@ class VectorIndex:
         self.dim = dim
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.watermark = watermark
-        self._coarse = None  # float16 copy of the vectors for the search shortlist, made on first use
-        self._vmax = 1.0
+        self._coarse = None  # (float16 index, longest vector's norm) for the search shortlist, made on first use
+        self._coarse_lock = threading.Lock()
         self._searches = 0
 
     @property
@@ -128,14 +127,8 @@ class VectorIndex:
         """
         faiss = _faiss()
         n = len(matrix)
-        coarse = self._coarse
-        if coarse is None or coarse.ntotal != n:
-            coarse = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-            coarse.add(matrix)  # rows in the same order as the flat index (positions, not ids)
-            self._coarse = coarse
-            # the longest vector (float32 sums, so with a margin; no float64 copy of a 1M x 512 matrix)
-            self._vmax = float(np.sqrt(np.einsum("ij,ij->i", matrix, matrix).max())) * (1 + 1e-4)
-        eps = float(np.linalg.norm(q)) * self._vmax * (2.0 ** -11 + self.dim * 2.0 ** -23) + 1e-6
+        coarse, vmax = self._coarse_copy(faiss, matrix)
+        eps = float(np.linalg.norm(q)) * vmax * (2.0 ** -11 + self.dim * 2.0 ** -23) + 1e-6
         m = max(4 * k, k + 64)
         while m * 4 <= n:
             approx, rows = _one_thread_search(faiss, coarse, q[None], m)
@@ -146,6 +139,17 @@ class VectorIndex:
                 return rows
             m *= 4
         return None
+
+    def _coarse_copy(self, faiss, matrix: np.ndarray):
+        """The float16 copy and the longest vector's norm, built once per change (threads share it)."""
+        with self._coarse_lock:
+            if self._coarse is None or self._coarse[0].ntotal != len(matrix):
+                coarse = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+                coarse.add(matrix)  # rows in the same order as the flat index (positions, not ids)
+                # the longest vector (float32 sums, so with a margin; no float64 copy of a 1M x 512 matrix)
+                vmax = float(np.sqrt(np.einsum("ij,ij->i", matrix, matrix).max())) * (1 + 1e-4)
+                self._coarse = (coarse, vmax)
+            return self._coarse
 
     def _flat_view(self):
         """Zero-copy numpy views of an IDMap(IndexFlatIP)'s vectors and ids, or None for another index type."""

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from clipsearch.store import metadata
+from clipsearch.store.schema import metadata
 
 config = context.config
 connection = config.attributes.get("connection")

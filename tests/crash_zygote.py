@@ -36,7 +36,7 @@ def serve() -> None:
                     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                     os.dup2(out, fd)
                 os.environ.update(req.get("env", {}))
-                _crashpoints.configure()
+                _crashpoints.configure(os.environ)
                 sys.argv = ["clipsearch", *req["argv"]]
                 try:
                     cli.main()

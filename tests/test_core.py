@@ -50,7 +50,7 @@ def test_index_then_query_matches_brute_force(lib, photos, tmp_path):
 
     for text in ["a red circle", "a dorsal hand", "sunset over the sea"]:
         results = lib.search(text, k=10)
-        q = lib.encoder.embed_texts([text])[0]
+        q = lib.text_encoder().embed_texts([text])[0]  # the tower queries use (numpy fp32 here)
         paths = list(vectors)
         scores = np.array([vectors[p] @ q for p in paths])
         expected = [paths[i] for i in np.argsort(-scores, kind="stable")]

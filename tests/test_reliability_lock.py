@@ -21,7 +21,7 @@ def test_second_writer_exits_at_once_naming_the_holder(tmp_path, tiny_model):
     make_image(photos / "a.png", 1)
     with Library.open(tmp_path / "lib", model=tiny_model) as holder:
         holder.index([photos])
-        holder._acquire_lock()  # as a running `index` holds it
+        holder.lock.acquire()  # as a running `index` holds it
         t = time.monotonic()
         res = run_cli("index", str(photos), "--library", str(tmp_path / "lib"), "-q")
         elapsed = time.monotonic() - t
@@ -32,7 +32,7 @@ def test_second_writer_exits_at_once_naming_the_holder(tmp_path, tiny_model):
         res = run_cli("query", "x", "--library", str(tmp_path / "lib"), "--json")
         assert res.returncode == 0 and len(json.loads(res.stdout)) == 1, res.stderr
     with Library.open(tmp_path / "lib", create=False) as again:  # released with the holder
-        again._acquire_lock()
+        again.lock.acquire()
 
 
 DAMAGE = ["empty", "10-bytes", "half", "minus-one", "flipped-body-byte", "wrong-magic", "other-library", "other-model",

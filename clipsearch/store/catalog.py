@@ -1,298 +1,75 @@
-"""The catalog: SQLite through SQLAlchemy, the single source of truth of a library.
+"""The Catalog: every read and write of a library's database, in SQLAlchemy Core.
 
-Tables (created by the Alembic migrations in migrations/, applied when a library is opened):
-  meta        key/value: library_uuid, model name and fingerprint, dim, seq (monotonic commit counter)
-  roots       folders the user indexed
-  embeddings  one unit vector per distinct file content (content_hash UNIQUE); `live` says whether a
-              file with status 'ok' refers to it; `seq` is the commit that last changed the row.
-              Its id is the FAISS id. AUTOINCREMENT: ids are never reused.
-  files       one row per path seen: status 'ok' | 'failed' | 'deleted', stat fields for change
-              detection, the content hash and the embedding it uses.
-Paths are stored as bytes (os.fsencode), so names that are not UTF-8 round-trip exactly.
+Dialect-neutral: what only one database understands (SQLite's WAL, PRAGMAs, `BEGIN IMMEDIATE`,
+integrity_check) is in the backend object (store/sqlite.py). Writes happen in one transaction each;
+reads may come from many threads at once (each call checks a connection out of the reader pool).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlalchemy as sa
 
-from . import _crashpoints
-from .errors import IntegrityError, NotALibraryError, SchemaTooNewError
+from .. import _crashpoints
+from ..errors import IntegrityError
+from .migrate import migrate
+from .schema import FileRow, Record, blob_to_vector, embeddings_table, files_table, meta_table, roots_table, vector_to_blob
+from .sqlite import SqliteBackend
 
-APPLICATION_ID = 0x434C5053  # 'CLPS'
 DB_NAME = "library.db"
 
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "meta", metadata,
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
+# built once: SQLAlchemy caches the compiled form, so the per-query lookup costs no statement building
+_FILES_FOR_EMBEDDINGS = (
+    sa.select(files_table.c.embedding_id, files_table.c.path)
+    .where(files_table.c.status == "ok", files_table.c.embedding_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(files_table.c.path)
 )
-roots_table = sa.Table(
-    "roots", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.LargeBinary, nullable=False, unique=True),
-    sa.Column("added_at", sa.Float, nullable=False),
-    sa.Column("last_scan_at", sa.Float),
-    sa.Column("last_complete_at", sa.Float),
-)
-embeddings_table = sa.Table(
-    "embeddings", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("content_hash", sa.Text, nullable=False, unique=True),
-    sa.Column("vector", sa.LargeBinary, nullable=False),
-    sa.Column("live", sa.Integer, nullable=False),
-    sa.Column("seq", sa.Integer, nullable=False, index=True),
-    sqlite_autoincrement=True,
-)
-files_table = sa.Table(
-    "files", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("path", sa.LargeBinary, nullable=False, unique=True),
-    sa.Column("root_id", sa.Integer, sa.ForeignKey("roots.id")),
-    sa.Column("size", sa.Integer),
-    sa.Column("mtime_ns", sa.Integer),
-    sa.Column("ino", sa.Integer),
-    sa.Column("content_hash", sa.Text),
-    sa.Column("embedding_id", sa.Integer, sa.ForeignKey("embeddings.id"), index=True),
-    sa.Column("status", sa.Text, nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("width", sa.Integer),
-    sa.Column("height", sa.Integer),
-    sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("seen_scan", sa.Integer),
-    sa.Column("indexed_at", sa.Float),
-    sa.Column("ctime_ns", sa.Integer),  # schema 0002
-)
+_HAS_EMBEDDING = sa.select(embeddings_table.c.id).where(embeddings_table.c.content_hash == sa.bindparam("h")).limit(1)
 
 
-def vector_to_blob(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f4").tobytes()
-
-
-def blob_to_vector(b: bytes) -> np.ndarray:
-    return np.frombuffer(b, dtype="<f4")
-
-
-@dataclass
-class FileRow:
-    id: int
-    path: bytes
-    size: int | None
-    mtime_ns: int | None
-    ino: int | None
-    content_hash: str | None
-    embedding_id: int | None
-    status: str
-    error: str | None
-    ctime_ns: int | None = None
-
-
-@dataclass
-class Record:
-    """One file's outcome in a batch: a vector (new content), a reused embedding, or a failure."""
-
-    path: bytes
-    size: int
-    mtime_ns: int
-    ino: int
-    content_hash: str | None = None
-    vector: np.ndarray | None = None
-    error: str | None = None
-    width: int | None = None
-    height: int | None = None
-    ctime_ns: int | None = None
-
-
-def _make_engine(db_path: Path, *, immediate: bool) -> sa.Engine:
-    engine = sa.create_engine(f"sqlite:///{db_path}", poolclass=sa.pool.NullPool)
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (SQLAlchemy's pysqlite recipe)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
-def probe_database(db_path: Path) -> None:
-    """Refuse a file that is not a clipsearch database before anything writes to it."""
-    if not db_path.exists():
-        return
-    if not db_path.is_file():
-        raise NotALibraryError(f"{db_path} is not a regular file")
-    with open(db_path, "rb") as f:
-        head = f.read(100)
-    if len(head) == 0:
-        return  # an empty file: a library that crashed before its first write
-    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
-        raise NotALibraryError(f"{db_path} is not a clipsearch library (not an SQLite database); it was left untouched")
-    app_id = int.from_bytes(head[68:72], "big")
-    if app_id not in (0, APPLICATION_ID):
-        raise NotALibraryError(f"{db_path} is an SQLite database of another application; it was left untouched")
-    if app_id == 0:
-        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            con.close()
-        if tables and "alembic_version" not in tables:
-            raise NotALibraryError(f"{db_path} is an SQLite database but not a clipsearch library; it was left untouched")
-
-
-def migrations_dir() -> Path:
-    """The Alembic scripts: `clipsearch/migrations` when installed, the top-level migrations/ in a checkout."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("clipsearch.migrations")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(__file__).resolve().parent.parent / "migrations"
-
-
-def head_revision() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    return ScriptDirectory.from_config(cfg).get_current_head()
-
-
-SCHEMA_HEAD = "0002"  # the newest Alembic revision (a test checks it against migrations/)
-
-
-def current_revision(db_path: Path) -> str | None:
-    """The schema revision of an existing database, read without taking any lock."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        con.execute("PRAGMA busy_timeout=30000")
-        if con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'").fetchone() is None:
-            return None
-        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-        return row[0] if row else None
-    finally:
-        con.close()
-
-
-def migrate(db_path: Path) -> None:
-    """Bring the database to the newest schema, in one transaction (DDL included).
-
-    An up-to-date database is recognised without importing Alembic or taking a write lock, so a
-    query never waits for an indexing run to open its library.
-    """
-    existing = db_path.exists() and db_path.stat().st_size > 0
-    before = current_revision(db_path) if existing else None
-    if before == SCHEMA_HEAD:
-        return
-    from alembic import command
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    script = ScriptDirectory.from_config(cfg)
-    if not db_path.exists() or db_path.stat().st_size == 0:
-        # page size can only be chosen before the first table, and before WAL
-        con = sqlite3.connect(db_path)
-        try:
-            con.execute("PRAGMA page_size=16384")
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-    if before is not None and before in {s.revision for s in script.walk_revisions()}:
-        backup(db_path, db_path.with_name(f"{db_path.name}.schema-{before}.bak"))
-    engine = _make_engine(db_path, immediate=True)
-
-    @sa.event.listens_for(engine, "connect")
-    def _no_fk(dbapi_conn, _record):
-        dbapi_conn.execute("PRAGMA foreign_keys=OFF")  # batch migrations copy tables
-
-    try:
-        with engine.begin() as conn:  # BEGIN IMMEDIATE: the whole migration, DDL included, or nothing
-            current = conn.exec_driver_sql(
-                "SELECT version_num FROM alembic_version"
-            ).scalar() if _has_table(conn, "alembic_version") else None
-            if current is not None and current not in {s.revision for s in script.walk_revisions()}:
-                raise SchemaTooNewError(
-                    f"{db_path} was written by a newer clipsearch (schema {current}); upgrade clipsearch to open it"
-                )
-            if current == script.get_current_head():
-                return
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            conn.exec_driver_sql(f"PRAGMA application_id={APPLICATION_ID}")
-            if _crashpoints.ACTIVE:
-                _crashpoints.hit("mid_migration")
-    finally:
-        engine.dispose()
-
-
-def backup(db_path: Path, target: Path) -> None:
-    """A consistent copy through SQLite's backup API (before a migration), published atomically."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        dst = sqlite3.connect(tmp)
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
-def _has_table(conn, name: str) -> bool:
-    return conn.exec_driver_sql(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
-    ).first() is not None
+def backend_for(location) -> SqliteBackend:
+    """The backend of a database location: a path to an SQLite file (the only dialect so far)."""
+    return SqliteBackend(Path(location))
 
 
 class Catalog:
-    """Reads and writes of one library database. Writes happen in `BEGIN IMMEDIATE` transactions."""
+    """Reads and writes of one library database."""
 
-    def __init__(self, db_path: Path):
-        self.db_path = Path(db_path)
-        self._reader = _make_engine(self.db_path, immediate=False)
-        self._writer = _make_engine(self.db_path, immediate=True)
+    def __init__(self, backend: SqliteBackend):
+        self.backend = backend
+        self._reader = backend.engine(writer=False)
+        self._writer = backend.engine(writer=True)
+
+    @property
+    def db_path(self) -> Path:
+        return self.backend.db_path
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's own exception classes (besides SQLAlchemy's), for telling storage failures apart."""
+        return self.backend.errors
 
     @classmethod
-    def open(cls, db_path: Path) -> "Catalog":
-        db_path = Path(db_path)
-        probe_database(db_path)
-        migrate(db_path)
-        catalog = cls(db_path)
+    def open(cls, location) -> "Catalog":
+        backend = backend_for(location)
+        backend.probe()
+        migrate(backend)
+        catalog = cls(backend)
         if catalog.get_meta("library_uuid") is not None:
             return catalog
         with catalog.write() as conn:
             if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "library_uuid")).scalar() is None:
-                _set_meta(conn, "library_uuid", uuid.uuid4().hex)
-                _set_meta(conn, "seq", "0")
-                _set_meta(conn, "scan", "0")
-                _set_meta(conn, "created_at", repr(time.time()))
+                catalog._set_meta(conn, "library_uuid", uuid.uuid4().hex)
+                catalog._set_meta(conn, "seq", "0")
+                catalog._set_meta(conn, "scan", "0")
+                catalog._set_meta(conn, "created_at", repr(time.time()))
         return catalog
 
     def close(self) -> None:
@@ -312,7 +89,7 @@ class Catalog:
 
     def _bump_seq(self, conn) -> int:
         seq = int(_get_meta(conn, "seq") or 0) + 1
-        _set_meta(conn, "seq", str(seq))
+        self._set_meta(conn, "seq", str(seq))
         return seq
 
     # -- meta -----------------------------------------------------------------------------------
@@ -327,30 +104,21 @@ class Catalog:
     def set_meta(self, **values: str) -> None:
         with self.write() as conn:
             for k, v in values.items():
-                _set_meta(conn, k, v)
+                self._set_meta(conn, k, v)
 
     @property
     def seq(self) -> int:
         return int(self.get_meta("seq") or 0)
 
+    def _set_meta(self, conn, key: str, value: str) -> None:
+        conn.execute(self.backend.upsert(meta_table, {"key": key, "value": value}, ["key"]))
+
     def make_durable(self) -> None:
-        """Sync the WAL so that every commit so far survives power loss (before publishing a cache)."""
-        raw = self._writer.raw_connection()
-        try:
-            cur = raw.cursor()
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("BEGIN IMMEDIATE")
-            cur.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('durable_at', ?)", (repr(time.time()),))
-            cur.execute("COMMIT")
-        finally:
-            raw.close()
+        """Every commit so far survives power loss (before publishing a cache)."""
+        self.backend.make_durable(self._writer)
 
     def checkpoint(self) -> None:
-        raw = self._writer.raw_connection()
-        try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            raw.close()
+        self.backend.checkpoint(self._writer)
 
     # -- roots ----------------------------------------------------------------------------------
     def add_root(self, path: bytes) -> int:
@@ -375,7 +143,7 @@ class Catalog:
     def new_scan(self) -> int:
         with self.write() as conn:
             scan = int(_get_meta(conn, "scan") or 0) + 1
-            _set_meta(conn, "scan", str(scan))
+            self._set_meta(conn, "scan", str(scan))
             return scan
 
     # -- files ----------------------------------------------------------------------------------
@@ -512,25 +280,42 @@ class Catalog:
         out: dict[int, list[bytes]] = {}
         with self.read() as conn:
             for chunk in _chunks([int(i) for i in ids], 500):
-                # plain SQL: this runs once per query, and building the SQLAlchemy statement cost more than the lookup
-                sql = ("SELECT embedding_id, path FROM files WHERE status = 'ok' AND embedding_id IN "
-                       f"({','.join('?' * len(chunk))}) ORDER BY path")
-                for eid, path in conn.exec_driver_sql(sql, tuple(chunk)):
+                for eid, path in conn.execute(_FILES_FOR_EMBEDDINGS, {"ids": chunk}):
                     out.setdefault(eid, []).append(path)
         return out
 
+    def has_embedding(self, content_hash: str) -> bool:
+        """Whether this content is embedded already (safe to call from many threads at once)."""
+        with self._reader.connect() as conn:
+            return conn.execute(_HAS_EMBEDDING, {"h": content_hash}).first() is not None
+
+    def embedding_by_hash(self, content_hash: str) -> tuple[int, np.ndarray] | None:
+        """The live embedding of this content, when the library has one."""
+        with self.read() as conn:
+            row = conn.execute(sa.select(embeddings_table.c.id, embeddings_table.c.vector).where(
+                embeddings_table.c.content_hash == content_hash, embeddings_table.c.live == 1)).first()
+        return (int(row[0]), blob_to_vector(row[1]).copy()) if row else None
+
+    def embedding(self, emb_id: int) -> tuple[np.ndarray, list[bytes]] | None:
+        """A live embedding's vector and the live files that use it."""
+        with self.read() as conn:
+            vec = conn.execute(sa.select(embeddings_table.c.vector).where(
+                embeddings_table.c.id == int(emb_id), embeddings_table.c.live == 1)).scalar()
+            if vec is None:
+                return None
+            paths = [r[0] for r in conn.execute(sa.select(files_table.c.path).where(
+                files_table.c.embedding_id == int(emb_id), files_table.c.status == "ok").order_by(files_table.c.path))]
+        return blob_to_vector(vec).copy(), paths
+
+    def file_embedding_id(self, path: bytes) -> int | None:
+        """The embedding a live indexed file uses."""
+        with self.read() as conn:
+            return conn.execute(sa.select(files_table.c.embedding_id).where(
+                files_table.c.path == path, files_table.c.status == "ok")).scalar()
+
     def integrity_check(self) -> list[str]:
-        """PRAGMA integrity_check and foreign_key_check: ['ok'] when the file is sound."""
-        raw = self._reader.raw_connection()
-        try:
-            cur = raw.cursor()
-            rows = [r[0] for r in cur.execute("PRAGMA integrity_check").fetchall()]
-            fk = cur.execute("PRAGMA foreign_key_check").fetchall()
-        finally:
-            raw.close()
-        if fk:
-            rows = [r for r in rows if r != "ok"] + [f"foreign key violation in {t} row {rid}" for t, rid, *_ in fk[:20]]
-        return rows
+        """['ok'] when the database file is sound, else what is wrong."""
+        return self.backend.integrity_check(self._reader)
 
     def live_file_vectors(self) -> Iterator[tuple[bytes, int | None, bytes | None, int | None]]:
         """(path, embedding id, vector blob, live flag) for every file with status 'ok', streamed."""
@@ -596,17 +381,7 @@ def _get_meta(conn, key: str) -> str | None:
     return conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar()
 
 
-def _set_meta(conn, key: str, value: str) -> None:
-    from sqlalchemy.dialects.sqlite import insert
-
-    stmt = insert(meta_table).values(key=key, value=value)
-    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
-
-
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

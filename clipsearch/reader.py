@@ -1,0 +1,243 @@
+"""The read path: one object that many threads (a web server's workers, the Python API) share.
+
+    reader = Reader.open("~/my-library")
+    reader.search(Query.parse("a dog - at night", k=20))
+
+It holds the model and the search cache once, loads each lazily (under a lock, at most once), and sees
+batches that another process commits without a restart: every search first compares the catalog's
+commit sequence with the cache's watermark and catches up (under the write side of a readers-writer
+lock, so no search reads the index while it changes). It never writes the database, the cache file or
+the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import identity, imaging
+from ._sync import RWLock
+from .cache import SearchCache
+from .errors import ConfigError, EmptyLibraryError, ImageError, LibraryNotFoundError, NotFoundError
+from .query import Query
+from .search import Result, execute
+from .store import DB_NAME, Catalog
+from .vector_index import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+
+class Reader:
+    """A thread-safe, read-only view of a library: searches, stored vectors, status."""
+
+    def __init__(self, path: Path, catalog: Catalog, *, model: str, encoder=None, device: str = "auto",
+                 precision: str = "auto", max_pixels: int = imaging.DEFAULT_MAX_PIXELS, owns_catalog: bool = False):
+        self.path = Path(path)
+        self.catalog = catalog
+        self.model_name = model
+        self.device = device
+        self.precision = precision
+        self.max_pixels = max_pixels
+        self.cache = SearchCache(self.path, catalog)
+        self._owns_catalog = owns_catalog
+        self._encoder = encoder
+        self._injected = encoder is not None  # a caller's own encoder embeds texts too
+        self._fp_checked = None
+        self._text_encoder = None  # the light text tower (encoders/textfast.py); False when it does not apply
+        self._model_lock = threading.Lock()
+        self._index: VectorIndex | None = None
+        self._index_lock = RWLock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **options) -> "Reader":
+        """Open an existing library for searching (never creates one)."""
+        path = Path(os.path.expanduser(os.fspath(path))).absolute()
+        if not (path / DB_NAME).is_file():
+            raise LibraryNotFoundError(f"no library at {path}; run `clipsearch index DIR` to create one")
+        from .library import open_catalog
+
+        catalog = open_catalog(path)
+        model = catalog.get_meta("model")
+        if model is None:
+            catalog.close()
+            raise EmptyLibraryError(f"the library at {path} has no model yet; run `clipsearch index DIR`")
+        return cls(path, catalog, model=model, owns_catalog=True, **options)
+
+    def close(self) -> None:
+        if self._owns_catalog:
+            self.catalog.close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the model ------------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        """The library's model, loaded on first use and checked against the recorded fingerprint."""
+        if self._encoder is None:
+            with self._model_lock:
+                if self._encoder is None:
+                    from .encoders import load_encoder
+
+                    self._encoder = load_encoder(self.model_name, device=self.device, precision=self.precision)
+        encoder = self._encoder
+        if self._fp_checked is not encoder:
+            identity.check_fingerprint(self.catalog, self.path, encoder)
+            self._fp_checked = encoder
+        return encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    def text_encoder(self):
+        """What embeds text queries: the model's text tower in numpy float32 (no torch import, ~0.4 s to load,
+        the same function as the full model in fp32) when it covers the model, no encoder was passed in and
+        neither bf16/fp16 nor CUDA was asked for; the full model otherwise. The choice does not depend on
+        whether the image tower was loaded first (so a query's scores do not depend on what the process did
+        before). Either way the library's recorded model is checked."""
+        if self._text_encoder is None:
+            with self._model_lock:
+                if self._text_encoder is None:
+                    light = None
+                    if not self._injected and self.device != "cuda" and self.precision in ("auto", "fp32"):
+                        light = identity.load_light_text_encoder(self.catalog, self.path, self.model_name)
+                    self._text_encoder = light or False
+        return self._text_encoder or self.encoder
+
+    # -- the cache ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int | None:
+        d = self.catalog.get_meta("dim")
+        return int(d) if d else None
+
+    def vector_index(self) -> VectorIndex:
+        """The cache, loaded or rebuilt, and caught up with every commit so far.
+
+        The returned index may be caught up by another thread at any time: search through `search`,
+        which holds the read side of the lock while it uses the index."""
+        with self._index_lock.write():
+            return self._refresh()
+
+    def _refresh(self) -> VectorIndex:
+        # called with the write side held
+        if self._index is None:
+            dim = self.dim
+            if dim is None:
+                raise EmptyLibraryError(f"the library at {self.path} has no images yet; run `clipsearch index DIR`")
+            self._index = self.cache.load(dim)
+        self.cache.catch_up(self._index)
+        return self._index
+
+    def adopt(self, index: VectorIndex) -> None:
+        """Use an index the writer in this process has just built (it is caught up already)."""
+        with self._index_lock.write():
+            self._index = index
+
+    def _current(self) -> VectorIndex | None:
+        """The index when it is loaded and caught up with the catalog (checked without the write lock)."""
+        index = self._index
+        if index is not None and index.watermark == self.catalog.seq:
+            return index
+        return None
+
+    # -- searching ------------------------------------------------------------------------------
+    def search(self, query: Query | str | None = None, *, image: str | os.PathLike | None = None, k: int = 10,
+               min_score: float | None = None) -> list[Result]:
+        """Run a Query (or, for convenience, a text or an image= file with k and min_score)."""
+        if not isinstance(query, Query):
+            if (query is None) == (image is None):
+                raise ConfigError("search takes a text or an image=, not both or neither")
+            query = (Query.text(query, k=k, min_score=min_score, include_self=True) if image is None
+                     else Query.image(os.fspath(image), k=k, min_score=min_score, include_self=True))
+        query.validate()
+        if self._current() is None:
+            with self._index_lock.write():
+                self._refresh()
+        with self._index_lock.read():
+            index = self._index
+            if index.ntotal == 0:
+                raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
+            return execute(query, index, self.catalog, _Sources(self))
+
+    # -- term vectors ---------------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        encoder = self.text_encoder()
+        for text in texts:
+            _warn_if_truncated(encoder, text)
+        return encoder.embed_texts(list(texts))
+
+    def stored_vector(self, id_or_path: int | str) -> tuple[np.ndarray, list[bytes]]:
+        """An indexed image's stored vector (by embedding id or by path) and the live files that share it."""
+        if isinstance(id_or_path, str) and not id_or_path.isdigit():
+            p = os.fsencode(os.path.abspath(os.path.expanduser(id_or_path)))
+            emb_id = self.catalog.file_embedding_id(p)
+            if emb_id is None:
+                raise NotFoundError(f"{os.fsdecode(p)} is not an indexed image of this library")
+        else:
+            emb_id = int(id_or_path)
+        found = self.catalog.embedding(emb_id)
+        if found is None:
+            raise NotFoundError(f"no indexed image with id {emb_id} in this library")
+        return found
+
+    def embed_image_file(self, image: str | os.PathLike) -> tuple[np.ndarray, bytes | None]:
+        """An example image's unit vector: the stored one when its content is indexed (no model), else the
+        model's. Also returns its content's indexed paths' first entry when it is in the library."""
+        p = Path(os.path.expanduser(os.fspath(image)))
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise ImageError(f"cannot read query image {p}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"query image {p} is not a regular file")
+        entry = imaging.Entry(os.fsencode(p), st.st_size, st.st_mtime_ns, st.st_ino, follow=True)  # named by the user
+        try:
+            data = imaging.read_file(entry)
+        except ImageError as e:
+            raise ImageError(f"cannot use query image {p}: {e.reason}") from None
+        known = self.catalog.embedding_by_hash(imaging.content_hash(data))
+        if known is not None:
+            _, vector = known
+            return vector, os.fsencode(os.path.realpath(p))
+        encoder = self.encoder
+        try:
+            img, _ = imaging.decode(data, max_pixels=self.max_pixels, draft=getattr(encoder, "image_size", 224))
+        except ImageError as e:
+            raise ImageError(f"cannot use query image {p}: {e.reason}") from None
+        return encoder.embed_batch([encoder.preprocess(img)])[0], None
+
+
+class _Sources:
+    """search.Sources for one reader."""
+
+    def __init__(self, reader: Reader):
+        self.reader = reader
+
+    def embed_texts(self, texts):
+        return self.reader.embed_texts(texts)
+
+    def embed_image_file(self, path):
+        return self.reader.embed_image_file(path)
+
+    def stored_vector(self, id_or_path):
+        return self.reader.stored_vector(id_or_path)
+
+
+def _warn_if_truncated(encoder, text: str) -> None:
+    """open_clip's tokenizer cuts long texts silently: say so."""
+    tokenizer, context = getattr(encoder, "tokenizer", None), getattr(encoder, "context_length", None)
+    if tokenizer is None or context is None or not hasattr(tokenizer, "encode"):
+        return
+    n = len(tokenizer.encode(text)) + 2  # start and end tokens
+    if n > context:
+        logger.warning("query truncated to the first %d tokens (it has %d); only they are searched", context, n)
