@@ -22,6 +22,18 @@ def _fail(e: Exception):
     return click.ClickException(str(e))
 
 
+def _quiet_random_init_notices() -> None:
+    """train and inspect build models without weights on purpose: drop open_clip's notices about it
+    (it logs them through the root logger). Process-wide, so set here, in the CLI."""
+    import logging
+
+    from .training.models import RandomInitNotice
+
+    root = logging.getLogger()
+    if not any(isinstance(f, RandomInitNotice) for f in root.filters):
+        root.addFilter(RandomInitNotice())
+
+
 def _bar(total=None, desc="", unit="it"):
     from tqdm import tqdm
 
@@ -75,28 +87,45 @@ def shapes_cmd(out_dir: Path, n: int, seed: int, prefix: str, progress: bool):
               help="caption augmentation; auto = shapes augmentation when scenes.jsonl exists")
 @click.option("--reduce-vocab/--full-vocab", default=None, help="keep only the tokens of the data's captions [reduce from scratch]")
 @click.option("--fp16-weights", is_flag=True, help="store the weights as float16 (half the file size)")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="stop after this long (still saves)")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads [torch's default]; the same --seed gives the same weights on as many threads")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="time budget: the learning rate follows the clock and training stops (and saves) when it runs "
+                   "out; a run it cuts short is not reproducible, even with --seed")
+@click.option("--overwrite", is_flag=True,
+              help="write into --out even if it holds a checkpoint or other files (replaces the checkpoint; "
+                   "libraries indexed with the old weights then refuse queries)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def train_cmd(data, out_dir, arch, model, epochs, batch_size, lr, weight_decay, warmup_steps, seed, val_fraction,
               unfreeze_vision_blocks, unfreeze_text_blocks, new_projection, freeze_logit_scale, augment, reduce_vocab,
-              fp16_weights, threads, max_minutes, as_json):
+              fp16_weights, threads, max_minutes, overwrite, as_json):
     """Contrastive image-text training on DATA (a folder with captions.csv: file,caption).
 
     From scratch with --arch CONFIG.json, or fine-tuning with --model M. Writes a checkpoint
-    directory (open_clip_config.json + open_clip_model.safetensors).
+    directory (open_clip_config.json + open_clip_model.safetensors) into --out, which must be new
+    or empty unless --overwrite.
     """
     if (arch is None) == (model is None):
         raise click.UsageError("give exactly one of --arch (train from scratch) or --model (fine-tune)")
-    from .training.train import TrainOptions, train_folder
+    from .training.checkpoint import check_out_dir
+    from .training.options import TrainOptions
+    from .training.train import train_folder
 
+    try:
+        check_out_dir(out_dir, overwrite=overwrite)  # fail at once, before any model or image is loaded
+    except ClipSearchError as e:
+        raise _fail(e) from e
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _quiet_random_init_notices()
     opts = TrainOptions(
         epochs=epochs, batch_size=batch_size, lr=lr if lr is not None else (1e-3 if arch else 1e-5),
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, val_fraction=val_fraction,
         unfreeze_vision_blocks=unfreeze_vision_blocks, unfreeze_text_blocks=unfreeze_text_blocks,
         new_projection=new_projection, freeze_logit_scale=freeze_logit_scale, augment=augment,
-        reduce_vocab=reduce_vocab if arch else False, fp16_weights=fp16_weights, num_threads=threads,
-        max_minutes=max_minutes,
+        reduce_vocab=reduce_vocab if arch else False, fp16_weights=fp16_weights, max_minutes=max_minutes,
     )
     state = {"bar": None, "load": None}
 
@@ -120,7 +149,7 @@ def train_cmd(data, out_dir, arch, model, epochs, batch_size, lr, weight_decay, 
             state["bar"].write(msg, file=sys.stderr)
 
     try:
-        summary = train_folder(data, out_dir, arch=arch, model=model, opts=opts, callback=cb)
+        summary = train_folder(data, out_dir, arch=arch, model=model, opts=opts, callback=cb, overwrite=overwrite)
     except ClipSearchError as e:
         raise _fail(e) from e
     finally:
@@ -184,6 +213,7 @@ def inspect_cmd(model, as_json):
     """Print a model's architecture and parameter counts per tower (trainable and frozen)."""
     from .training.inspect import describe, format_description
 
+    _quiet_random_init_notices()
     try:
         d = describe(model)
     except ClipSearchError as e:

@@ -45,7 +45,7 @@ def _render_chunk(args):
     from PIL import Image
 
     from clipsearch.training import shapes
-    from clipsearch.training.train import pil_transform
+    from clipsearch.training.data import pil_transform
 
     seed, start, stop, pp = args
     tf = pil_transform(pp)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--max-minutes", type=float, default=None)
-    ap.add_argument("--image-pair-weight", type=float, default=0.2, help="extra image-image loss (see train.py)")
+    ap.add_argument("--image-pair-weight", type=float, default=0.2, help="extra image-image loss (see clipsearch/training/loop.py)")
     ap.add_argument("--caption-probs", default=None, help='JSON of ShapesCaptionSampler arguments, e.g. {"p_full": 0.3}')
     ap.add_argument("--cache", default=None, help="keep the rendered training set in this folder and reuse it")
     ap.add_argument("--init", default=None, help="continue from this checkpoint instead of starting from scratch")
@@ -93,23 +93,30 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
 
+    import logging
+
     import torch
     from tqdm import tqdm
 
-    from clipsearch.training.train import (
-        Dataset, TrainOptions, _texts_universe, checkpoint_info, count_parameters, prepare_model, save_checkpoint, train,
-    )
+    from clipsearch.training.checkpoint import checkpoint_info, save_checkpoint
+    from clipsearch.training.data import Dataset, texts_universe
+    from clipsearch.training.loop import train
+    from clipsearch.training.models import RandomInitNotice
+    from clipsearch.training.options import TrainOptions
+    from clipsearch.training.prepare import count_parameters, prepare_model
 
+    # process-wide settings belong to the script, not to the library
     torch.set_num_threads(a.threads)
+    logging.getLogger().addFilter(RandomInitNotice())  # a new model has no weights, on purpose
     t_start = time.time()
     opts = TrainOptions(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=0.1, warmup_steps=a.warmup,
-                        seed=a.seed, val_fraction=0.03, val_max=1000, fp16_weights=True, num_threads=a.threads,
+                        seed=a.seed, val_fraction=0.03, val_max=1000, fp16_weights=True,
                         max_minutes=a.max_minutes, image_pair_weight=a.image_pair_weight,
                         caption_probs=json.loads(a.caption_probs) if a.caption_probs else CAPTION_PROBS)
     if a.init:
         lm = prepare_model(model=a.init, opts=opts)
     else:
-        lm = prepare_model(arch=json.loads(a.arch) if a.arch else ARCH, opts=opts, texts_for_vocab=_texts_universe(Dataset(None, [], [])))
+        lm = prepare_model(arch=json.loads(a.arch) if a.arch else ARCH, opts=opts, texts_for_vocab=texts_universe(Dataset(None, [], [])))
     print(f"model: {json.dumps(lm.model_cfg)}", file=sys.stderr)
     print(f"parameters: {count_parameters(lm.model)['total']['total']:,}", file=sys.stderr)
     t0 = time.time()

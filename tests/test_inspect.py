@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+from click.testing import CliRunner
+
+from clipsearch.training.inspect import describe, format_description
 
 
-from click.testing import CliRunner  # noqa: E402
-
-from clipsearch.training.inspect import describe, format_description  # noqa: E402
-
-
-def test_vit_b_32_total_parameters():
+def test_vit_b_32_total_parameters(monkeypatch):
+    levels = []
+    monkeypatch.setattr(logging.getLogger(), "setLevel", levels.append)  # library code leaves the root logger alone
     d = describe("ViT-B-32")
+    assert levels == []
     assert d["parameters"]["total"]["total"] == 151_277_313
     assert d["parameters"]["vision"]["total"] + d["parameters"]["text"]["total"] + 1 == 151_277_313
     assert d["vision"]["patch_size"] == 32 and d["vision"]["layers"] == 12 and d["vision"]["width"] == 768
@@ -28,7 +30,9 @@ def test_inspect_cli_json_on_a_checkpoint(tmp_path):
     import click
 
     from clipsearch.cli_training import register
-    from clipsearch.training.train import TrainOptions, apply_freezing, prepare_model, save_checkpoint
+    from clipsearch.training.checkpoint import save_checkpoint
+    from clipsearch.training.options import TrainOptions
+    from clipsearch.training.prepare import prepare_model
 
     tiny = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
@@ -48,5 +52,15 @@ def test_inspect_cli_json_on_a_checkpoint(tmp_path):
     assert d["parameters"]["total"]["frozen"] == 0
     assert d["text"]["vocab_size"] == len(lm.token_ids) + 2
     assert d["vision"]["patch_size"] == 8 and d["embed_dim"] == 16
-    r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "nope")])
-    assert r.exit_code != 0
+
+
+def test_inspect_cli_errors_are_short_messages(tmp_path):
+    from clipsearch.cli import cli
+
+    r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "nope")])  # no such path: a usage error
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert "unknown model" in r.output and "Traceback" not in r.output
+    (tmp_path / "empty").mkdir()  # a directory, but no checkpoint in it
+    r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "empty")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "has no open_clip_config.json" in r.output and "Traceback" not in r.output

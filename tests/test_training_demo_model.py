@@ -3,7 +3,6 @@ and the README quick start's query finds a red circle first in sample_images/.""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -56,7 +55,7 @@ def test_quick_start_query_finds_a_red_circle_first():
     from clipsearch.encoders import load_encoder
 
     folder = REPO / "sample_images"
-    scenes = [json.loads(l) for l in open(folder / "scenes.jsonl", encoding="utf-8")]
+    scenes = [json.loads(line) for line in open(folder / "scenes.jsonl", encoding="utf-8")]
     enc = load_encoder("shapes")
     img = enc.embed_images([Image.open(folder / "images" / s["file"]).convert("RGB") for s in scenes])
     q = enc.embed_texts(["a red circle"])[0]

@@ -1,4 +1,4 @@
-"""clipsearch train: loss goes down, checkpoints round-trip, freezing and projection surgery."""
+"""clipsearch train: loss goes down, checkpoints round-trip, freezing and projection surgery, the time budget."""
 
 from __future__ import annotations
 
@@ -8,18 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-
-from clipsearch.training import shapes  # noqa: E402
-from clipsearch.training.train import (  # noqa: E402
-    MAX_LOGIT_SCALE, TrainOptions, apply_freezing, build_model, count_parameters, load_model, match_matrix,
-    prepare_model, scene_codes, train_folder,
-)
-from clipsearch.training.vocab import remap_tokens  # noqa: E402
+from clipsearch.training import shapes
+from clipsearch.training.captions import match_matrix, scene_codes
+from clipsearch.training.checkpoint import save_checkpoint
+from clipsearch.training.data import Dataset, load_folder_images, read_captioned_folder, texts_universe
+from clipsearch.training.loop import image_pair_loss, train
+from clipsearch.training.models import MAX_LOGIT_SCALE, build_model, load_model
+from clipsearch.training.options import TrainOptions
+from clipsearch.training.prepare import apply_freezing, count_parameters, prepare_model
+from clipsearch.training.train import train_folder
+from clipsearch.training.vocab import remap_tokens
 
 TINY = {
     "embed_dim": 24,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 3},
+}
+
+
+TINY_RESNET = {  # the demo model's kind of image tower (open_clip's ModifiedResNet), tiny
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 
 
@@ -39,9 +49,17 @@ def _embed(lm, images, texts):
     return enc.embed_images(images), enc.embed_texts(texts)
 
 
-def test_train_lowers_loss_and_roundtrips(shapes_folder, tmp_path):
+def _prepared(folder, arch, opts):
+    """(LoadedModel, Dataset) as train_folder makes them, for tests that drive the parts themselves."""
+    items = read_captioned_folder(folder)
+    pre = Dataset(None, [it.caption for it in items], [it.scene for it in items])
+    lm = prepare_model(arch=arch, opts=opts, texts_for_vocab=texts_universe(pre))
+    return lm, Dataset(load_folder_images(folder, items, lm.preprocess_cfg), pre.captions, pre.scenes)
+
+
+def test_train_lowers_loss_and_writes_its_config(shapes_folder, tmp_path):
     out = tmp_path / "ckpt"
-    opts = TrainOptions(epochs=12, batch_size=16, lr=2e-3, warmup_steps=2, seed=0, val_fraction=0.1, augment="none", num_threads=2)
+    opts = TrainOptions(epochs=12, batch_size=16, lr=2e-3, warmup_steps=2, seed=0, val_fraction=0.1, augment="none")
     s = train_folder(shapes_folder, out, arch=TINY, opts=opts)
     first = np.mean(s["losses"][:2])
     last = np.mean(s["losses"][-2:])
@@ -52,28 +70,62 @@ def test_train_lowers_loss_and_roundtrips(shapes_folder, tmp_path):
     assert cfg["preprocess_cfg"]["size"] == 32
     ids = cfg["clipsearch"]["token_ids"]
     assert cfg["model_cfg"]["text_cfg"]["vocab_size"] == len(ids) + 2 and ids[-2:] == [49406, 49407]
+    assert cfg["clipsearch"]["summary"]["torch_threads"] == torch.get_num_threads()
     assert (out / "open_clip_model.safetensors").is_file()
 
-    # reload: identical embeddings to the trained model in memory
+
+@pytest.mark.parametrize("arch", [TINY, TINY_RESNET], ids=["vit", "resnet"])
+def test_checkpoint_round_trip_keeps_the_trained_model(shapes_folder, tmp_path, arch):
+    """The model loaded back from a checkpoint equals the trained model in memory: every tensor of the
+    state dict (BatchNorm statistics too) and the embeddings of an image and a text."""
     from PIL import Image
 
-    ims = [Image.open(p).convert("RGB") for p in sorted((shapes_folder / "images").iterdir())[:4]]
-    texts = ["a red circle", "a large blue square at the top"]
-    again = load_model(str(out))
-    a_img, a_txt = _embed(again, ims, texts)
-    b = load_model(str(out))
-    b_img, b_txt = _embed(b, ims, texts)
-    np.testing.assert_array_equal(a_img, b_img)
-    np.testing.assert_array_equal(a_txt, b_txt)
-    assert a_img.shape == (4, 24)
+    opts = TrainOptions(epochs=1, batch_size=16, lr=2e-3, warmup_steps=1, seed=4, val_fraction=0.0)
+    lm, ds = _prepared(shapes_folder, arch, opts)
+    train(lm, ds, opts)  # weights (and a ResNet's running statistics) move away from their initial values
+    before = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+    image = Image.open(sorted((shapes_folder / "images").iterdir())[0]).convert("RGB")
+    texts = ["a large blue square at the top"]
+    want_img, want_txt = _embed(lm, [image], texts)
+
+    save_checkpoint(lm.model, tmp_path / "ckpt", lm.model_cfg, lm.preprocess_cfg, {"token_ids": lm.token_ids})
+    back = load_model(str(tmp_path / "ckpt"))
+    after = back.model.state_dict()
+    assert sorted(after) == sorted(before)
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    got_img, got_txt = _embed(back, [image], texts)
+    assert want_img.shape == (1, arch["embed_dim"])
+    np.testing.assert_array_equal(got_img, want_img)
+    np.testing.assert_array_equal(got_txt, want_txt)
+
+    # float16 weights: each float tensor is the in-memory one rounded to float16, nothing else
+    save_checkpoint(lm.model, tmp_path / "half", lm.model_cfg, lm.preprocess_cfg, {"token_ids": lm.token_ids}, fp16=True)
+    half = load_model(str(tmp_path / "half")).model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(half[k], v.half().float() if v.is_floating_point() else v), k
 
 
-def test_training_is_reproducible(shapes_folder, tmp_path):
-    opts = TrainOptions(epochs=2, batch_size=16, lr=1e-3, warmup_steps=1, seed=5, val_fraction=0.0, num_threads=2)
-    s1 = train_folder(shapes_folder, tmp_path / "a", arch=TINY, opts=opts)
-    s2 = train_folder(shapes_folder, tmp_path / "b", arch=TINY, opts=opts)
-    assert s1["losses"] == s2["losses"]
-    assert (tmp_path / "a" / "open_clip_model.safetensors").read_bytes() == (tmp_path / "b" / "open_clip_model.safetensors").read_bytes()
+def test_time_budget_follows_the_clock(shapes_folder):
+    """With --max-minutes the cosine decay follows the clock and the run stops when the budget is spent.
+    The clock is a fake that advances one second per step, so the stopping step is exact."""
+    opts = TrainOptions(epochs=1000, batch_size=16, lr=1e-3, warmup_steps=1, val_fraction=0.0, image_pair_weight=0.5,
+                        caption_probs={"p_full": 0.2}, max_minutes=3 / 60)
+    lm, ds = _prepared(shapes_folder, TINY, opts)
+    now = [100.0]
+    lrs = []
+
+    def tick(e):
+        if e["event"] == "step":
+            lrs.append(e["lr"])
+            now[0] += 1.0
+
+    s = train(lm, ds, opts, tick, clock=lambda: now[0])
+    assert s["stopped_early"] and s["steps"] == 4 and s["epochs"] == 2  # 4 s > 3 s after the 4th step (2 a epoch)
+    # warm-up step, then cosine at 1/3, 2/3 and all of the budget (by steps it would be ~0 of 2000)
+    assert lrs == pytest.approx([1e-3, 0.75e-3, 0.25e-3, 0.0], abs=1e-12)
+    assert s["seconds"] == 4.0
+    assert all(np.isfinite(s["losses"]))
 
 
 def test_finetune_from_checkpoint_with_new_projection(shapes_folder, tmp_path):
@@ -92,7 +144,7 @@ def test_finetune_from_checkpoint_with_new_projection(shapes_folder, tmp_path):
     img, txt = _embed(lm, [Image.new("RGB", (64, 64), (200, 30, 30))], ["a red circle"])
     assert img.shape == (1, 8) and txt.shape == (1, 8)
     # frozen logit scale did not move
-    assert float(lm.model.logit_scale) == pytest.approx(float(load_model(str(base)).model.logit_scale))
+    assert float(lm.model.logit_scale.detach()) == pytest.approx(float(load_model(str(base)).model.logit_scale.detach()))
     assert s["parameters"]["other"]["frozen"] == 1
 
 
@@ -132,8 +184,29 @@ def test_prepare_model_new_projection_and_scale():
     assert lm.model_cfg["embed_dim"] == 12
     x = lm.model.encode_text(lm.tokenize(["a red circle"]), normalize=True)
     assert x.shape == (1, 12)
-    assert float(lm.model.logit_scale.exp()) == pytest.approx(1 / 0.07, rel=1e-5)
-    assert MAX_LOGIT_SCALE == pytest.approx(np.log(100))
+    assert float(lm.model.logit_scale.detach().exp()) == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_training_clamps_the_logit_scale_at_100(shapes_folder):
+    opts = TrainOptions(epochs=0.5, batch_size=16, lr=1e-3, warmup_steps=1, val_fraction=0.0)  # one step
+    lm, ds = _prepared(shapes_folder, TINY, opts)
+    with torch.no_grad():
+        lm.model.logit_scale.fill_(6.0)  # scale e^6 = 403, above the ceiling
+    s = train(lm, ds, opts)
+    assert s["steps"] == 1
+    assert float(lm.model.logit_scale.detach()) == pytest.approx(np.log(100)) == MAX_LOGIT_SCALE
+
+
+def test_image_pair_loss_counts_images_sharing_a_color_and_shape():
+    red_circle = [0, 0, 0, 0]
+    blue_star = [0, 1, 3, 4]
+    none = [-9] * 4
+    codes = np.array([[red_circle, none], [red_circle, blue_star], [blue_star[:2] + [4, 8], none]])
+    img_f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # images 0 and 1 are each other's only positive (image 2 shares no pair): per row -log(e / (e + 1))
+    got = image_pair_loss(img_f, torch.tensor(1.0), codes)
+    assert float(got) == pytest.approx(np.log1p(np.exp(-1.0)), rel=1e-6)
+    assert float(image_pair_loss(img_f, torch.tensor(1.0), codes[[0, 2]])) == 0.0  # no positives at all
 
 
 def test_remap_tokens():
@@ -161,23 +234,6 @@ def test_match_matrix_multi_positive():
     assert m.tolist() == [[True, False, False], [True, False, True]]
 
 
-def test_image_pair_loss_and_time_budget(shapes_folder, tmp_path):
-    # far more epochs than 3 seconds allow on any machine, so the time budget is what stops it
-    opts = TrainOptions(epochs=100_000, batch_size=16, lr=1e-3, warmup_steps=1, val_fraction=0.0, image_pair_weight=0.5,
-                        caption_probs={"p_full": 0.2}, max_minutes=0.05)
-    s = train_folder(shapes_folder, tmp_path / "c", arch=TINY, opts=opts)
-    assert all(np.isfinite(s["losses"]))
-    assert s["stopped_early"] and s["steps"] < 100_000
-    assert (tmp_path / "c" / "open_clip_model.safetensors").is_file()
-
-
-TINY_RESNET = {  # the demo model's kind of image tower (open_clip's ModifiedResNet), tiny
-    "embed_dim": 24,
-    "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
 def test_resnet_tower_trains_freezes_and_serves(shapes_folder, tmp_path):
     """Training, block freezing (BatchNorm statistics of frozen blocks stay put), a new projection, and the
     checkpoint used by `clipsearch index/query --model DIR`, for a ResNet image tower."""
@@ -187,7 +243,7 @@ def test_resnet_tower_trains_freezes_and_serves(shapes_folder, tmp_path):
 
     base = tmp_path / "base"
     s = train_folder(shapes_folder, base, arch=TINY_RESNET,
-                     opts=TrainOptions(epochs=6, batch_size=16, lr=2e-3, warmup_steps=2, val_fraction=0.0, num_threads=2))
+                     opts=TrainOptions(epochs=6, batch_size=16, lr=2e-3, warmup_steps=2, val_fraction=0.0, ))
     assert np.mean(s["losses"][-2:]) < np.mean(s["losses"][:2])
 
     lm = load_model(str(base))
@@ -202,7 +258,7 @@ def test_resnet_tower_trains_freezes_and_serves(shapes_folder, tmp_path):
     out = tmp_path / "ft"
     frozen_stats = load_model(str(base)).model.visual.layer1[0].bn1.running_mean.clone()
     opts = TrainOptions(epochs=2, batch_size=16, lr=1e-3, val_fraction=0.2, new_projection=8, unfreeze_vision_blocks=1,
-                        unfreeze_text_blocks=0, num_threads=2)
+                        unfreeze_text_blocks=0, )
     train_folder(shapes_folder, out, model=str(base), opts=opts)
     ft = load_model(str(out))
     assert ft.model.visual.attnpool.c_proj.out_features == 8

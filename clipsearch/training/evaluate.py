@@ -166,7 +166,7 @@ def evaluate_embeddings(img: np.ndarray, txt_caps: np.ndarray, captions: Sequenc
 
 def load_eval_folder(folder: str | Path):
     """(paths, captions, scenes or None) of a captioned folder."""
-    from .train import read_captioned_folder, resolve_image_path
+    from .data import read_captioned_folder, resolve_image_path
 
     folder = Path(folder)
     items = read_captioned_folder(folder)
@@ -215,12 +215,12 @@ def get_encoder(model: str):
 
 
 class LocalEncoder:
-    """Encoder over train.load_model (used only when clipsearch.encoders.openclip is missing)."""
+    """Encoder over models.load_model (used only when clipsearch.encoders.openclip is missing)."""
 
     def __init__(self, model: str):
         import torch
 
-        from .train import load_model
+        from .models import load_model
 
         self.lm = load_model(model)
         self.lm.model.eval()
@@ -229,7 +229,7 @@ class LocalEncoder:
         self._torch = torch
 
     def embed_images(self, images) -> np.ndarray:
-        from .train import normalize_batch, preprocess_to_uint8
+        from .data import normalize_batch, preprocess_to_uint8
 
         with self._torch.no_grad():
             x = normalize_batch(preprocess_to_uint8(images, self.lm.preprocess_cfg), self.lm.preprocess_cfg)

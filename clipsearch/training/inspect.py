@@ -2,11 +2,12 @@
 
 `describe(name)` accepts anything `--model` accepts, plus a bare open_clip architecture name
 (`ViT-B-32`), which is built with random weights: inspect only describes, it never embeds.
+open_clip logs that such a model has no weights; callers that want that quiet install
+models.RandomInitNotice (the CLI does).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 
@@ -82,7 +83,7 @@ def _text_info(model, cfg: dict, token_ids) -> dict:
 
 
 def describe_model(model, model_cfg: dict, *, name: str, weights: str, token_ids=None) -> dict:
-    from .train import count_parameters
+    from .prepare import count_parameters
 
     ls = getattr(model, "logit_scale", None)
     out = {
@@ -101,23 +102,15 @@ def describe_model(model, model_cfg: dict, *, name: str, weights: str, token_ids
 
 def describe(name: str | None = None) -> dict:
     """Description of a model spec or bare open_clip architecture name (see module doc)."""
-    import logging
-
     import open_clip
 
     from ..encoders import DEFAULT_MODEL, parse_model_spec
     from ..errors import ConfigError, ModelUnavailableError
-    from .train import load_model
+    from .models import load_model
 
     name = name or DEFAULT_MODEL
     if ":" not in name and open_clip.get_model_config(name) is not None and not _is_path(name):
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            model = open_clip.create_model(name, pretrained=None)
-        finally:
-            root.setLevel(level)
+        model = open_clip.create_model(name, pretrained=None)
         return describe_model(model, open_clip.get_model_config(name), name=name, weights="none (architecture only, random init)")
     spec = parse_model_spec(name)
     try:
