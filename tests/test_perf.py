@@ -17,6 +17,7 @@ from conftest import TINY_MODEL_CFG, make_image, require_shapes_sample, write_ch
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "clipsearch" / "models" / "shapes" / "open_clip_config.json"
+sys.path.insert(0, str(REPO / "benchmarks"))  # bf16_agreement: the README's bf16 figures and this test's check
 
 
 # -- precision and device choice ----------------------------------------------------------------------------
@@ -116,64 +117,19 @@ def test_bf16_blocks_pack_the_mlp(quick_gelu):
             assert torch.nn.functional.cosine_similarity(a, b.float()).min() >= 0.999
 
 
-NEAR_TIE = 2e-3  # bf16's own noise on a cosine score (measured max |error| 0.0026 on the shapes sample)
-
-
-def shapes_outcomes(model: str, sample: Path) -> dict:
-    """fp32 and bf16 runs of the spec's searches over the shapes sample: top-10 lists, fp32 scores, evaluation outcomes."""
-    from clipsearch import imaging
-    from clipsearch.encoders import load_encoder
-    from clipsearch.training.evaluate import example_relevance, load_eval_folder, partial_queries, partial_relevance
-
-    paths, captions, scenes = load_eval_folder(sample)
-    qs = partial_queries(scenes)
-    rel, ex = partial_relevance(scenes, qs), example_relevance(scenes)
-    out = {}
-    for precision in ("fp32", "bf16"):
-        enc = load_encoder(model, device="cpu", precision=precision)
-        tensors = [enc.preprocess(imaging.decode(Path(p).read_bytes(), draft=enc.image_size)[0]) for p in paths]
-        img = np.concatenate([enc.embed_batch(tensors[i:i + 64]) for i in range(0, len(tensors), 64)])
-        part, caps = enc.embed_texts([q[1] for q in qs]), enc.embed_texts(list(captions))
-        s_img = img @ img.T
-        np.fill_diagonal(s_img, -np.inf)  # an example image's own file is not a result
-        runs = [("partial", part @ img.T, rel), ("caption", caps @ img.T, None), ("example", s_img, ex)]
-        tops, scores, judged = [], [], []
-        for kind, sim, relevant in runs:
-            for qi in range(len(sim)):
-                order = np.argsort(-sim[qi], kind="stable")
-                tops.append(order[:10])
-                scores.append(sim[qi])
-                if relevant is not None:
-                    judged.append((kind, qi, int(relevant[qi, order[:10]].sum())))  # precision@10's numerator
-                else:
-                    r = int(np.where(order == qi)[0][0])
-                    judged.append((kind, qi, r < 1, r < 5))  # recall@1, recall@5
-        out[precision] = {"img": img, "txt": np.concatenate([part, caps]), "tops": tops, "scores": scores,
-                          "judged": judged}
-    return out
-
-
 def test_bf16_keeps_shapes_demo_rankings():
-    """The spec's searches (partial descriptions, full captions, example images) in bf16 against fp32:
-    embeddings within cosine 0.999, and every top 10 the same list, except that results whose fp32 scores
-    tie to within bf16's own noise (NEAR_TIE) may trade places."""
+    """The evaluation's searches (partial descriptions, full captions, example images) in bf16 against fp32
+    (benchmarks/bf16_agreement.py, which prints the counts the README quotes): embeddings within cosine 0.999,
+    and every top 10 the same list, except that results whose fp32 scores tie to within bf16's own noise
+    (NEAR_TIE) may trade places."""
+    from bf16_agreement import agreement, shapes_outcomes
+
     assert SHAPES.exists(), "the shipped shapes demo model is missing"
-    r = shapes_outcomes("shapes", require_shapes_sample())
-    f, b = r["fp32"], r["bf16"]
-    assert np.sum(f["img"] * b["img"], axis=1).min() >= 0.999
-    assert np.sum(f["txt"] * b["txt"], axis=1).min() >= 0.999
-    changed = []
-    for qi, (t32, t16, s32) in enumerate(zip(f["tops"], b["tops"], f["scores"])):
-        if np.array_equal(t32, t16):
-            continue
-        if set(t32) != set(t16):
-            # a result entering or leaving at the cut-off must tie with the one it displaces
-            gone, came = sorted(set(t32) - set(t16)), sorted(set(t16) - set(t32))
-            if max(s32[gone]) - min(s32[came]) > NEAR_TIE:
-                changed.append((qi, "set", float(max(s32[gone]) - min(s32[came]))))
-        elif np.abs(s32[t32] - s32[t16]).max() > NEAR_TIE:
-            changed.append((qi, "order", float(np.abs(s32[t32] - s32[t16]).max())))
+    a = agreement(shapes_outcomes("shapes", require_shapes_sample()))
+    assert a["min_cosine_images"] >= 0.999 and a["min_cosine_texts"] >= 0.999, a
+    changed = a["changed_beyond_near_ties"]
     assert not changed, f"{len(changed)} top-10 rankings changed beyond near-ties in bf16: {changed[:5]}"
+    assert a["identical_top10"] + a["near_tie_swaps"] == a["outcomes"] > 800
 
 
 # -- the light text path -----------------------------------------------------------------------------------
