@@ -4,7 +4,6 @@ path, the meta-device model build, the flat search kernel, bounded read-ahead, a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,8 +20,7 @@ from click.testing import CliRunner
 
 from clipsearch import Library
 from clipsearch.cli import cli
-from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError,
-                               NotALibraryError, SchemaTooNewError)
+from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError)
 
 from conftest import make_image, run_cli, write_checkpoint
 from reliability_helpers import FakeEncoder, db_rows
