@@ -6,12 +6,12 @@ one-line reason; the indexer records it and goes on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
 import os
 import stat
-import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -235,18 +235,69 @@ def _decode(data: bytes, *, max_pixels: int, draft: int | None):
             rgb = to_rgb(im)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"too large: decompression bomb ({e})") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(_unidentified(data)) from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, KeyError,
-            AttributeError, struct.error, RuntimeError) as e:
-        if "truncated" in str(e).lower():
-            raise ImageError(f"truncated: {e}") from None
-        raise ImageError(f"cannot decode: {type(e).__name__}: {e}".rstrip(": ")) from None
     except MemoryError:
         raise ImageError("out of memory while decoding") from None
+    except Exception as e:
+        pillows_own = (Image.UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning)
+        if not (isinstance(e, pillows_own) or _raised_by_pillow(e)):
+            raise  # a fault of ours, not of the file: let it surface
+        raise _pillow_error(e, data) from None
     return rgb, (w, h)
+
+
+class PillowDecodeError(ImageError):
+    """Pillow refused the bytes; `cause` names the exception class it raised (tests check which ones occur)."""
+
+    def __init__(self, reason: str, cause: str):
+        super().__init__(reason)
+        self.cause = cause
+
+
+def _pillow_error(e: Exception, data: bytes) -> PillowDecodeError:
+    """One-line reason for an exception raised inside Pillow's own code while it read these bytes.
+
+    What Pillow 13 raises for damaged or hostile data (fuzzed JPEG/PNG/GIF/TIFF/WebP/AVIF files, the mutator
+    of tests/test_reliability_inputs.py, which fails on any other class):
+    UnidentifiedImageError (no plugin accepts them), DecompressionBombError and the DecompressionBombWarning
+    made an error here (pixel counts past Pillow's limits), OSError from the decoders ("broken data stream",
+    "image file is truncated", "Truncated File Read", "could not create decoder object"), SyntaxError from
+    the parsers ("broken PNG file"), ValueError ("tile cannot extend outside image", "Invalid dimensions"),
+    RuntimeError from libavif ("Failed to decode image"), TypeError from a nonsense TIFF tile offset.
+    Any exception raised inside Pillow is the file's fault; its class is kept in `cause`.
+    """
+    from PIL import Image
+
+    cause = type(e).__name__
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return PillowDecodeError(f"too large: decompression bomb ({e})", cause)
+    if isinstance(e, Image.UnidentifiedImageError):
+        return PillowDecodeError(_unidentified(data), cause)
+    message = " ".join(str(e).split())[:200] or cause
+    if "truncated" in message.lower():
+        return PillowDecodeError(f"truncated: {message}", cause)
+    return PillowDecodeError(f"cannot decode: {message}", cause)
+
+
+def _raised_by_pillow(e: BaseException) -> bool:
+    """Whether the innermost Python frame of `e`'s traceback is in Pillow (or its HEIF plugin)."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_pillow_dirs())
+
+
+@functools.cache
+def _pillow_dirs() -> tuple[str, ...]:
+    import importlib.util
+
+    dirs = []
+    for name in ("PIL", "pillow_heif"):
+        spec = importlib.util.find_spec(name)
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.abspath(loc), ""))
+    return tuple(dirs)
 
 
 def _unidentified(data: bytes) -> str:
@@ -255,8 +306,10 @@ def _unidentified(data: bytes) -> str:
         brands = {data[8:12]} | {data[i:i + 4] for i in range(16, min(len(data), 64), 4)}
         from PIL import features
 
-        if brands & AVIF_BRANDS and not features.check("avif") and not _has_heif():
-            return "AVIF support not installed: this Pillow was built without AVIF; pip install 'clipsearch[heif]'"
+        if brands & AVIF_BRANDS:  # AVIF files name HEIF's brand mif1 too
+            if not features.check("avif") and not _has_heif():
+                return "AVIF support not installed: this Pillow was built without AVIF; pip install 'clipsearch[heif]'"
+            return "not a readable image: a damaged HEIF/AVIF file"
         if brands & HEIF_BRANDS and not _has_heif():
             return "HEIC/HEIF support not installed: pip install 'clipsearch[heif]'"
         if brands & (AVIF_BRANDS | HEIF_BRANDS):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,21 @@ def test_evaluate_embeddings_end_to_end():
     assert res["example_image"]["precision@10"] == 1.0
     assert res["example_image"]["n_queries"] == 3
     assert set(res["partial"]["by_kind"]) == set(ev.PARTIAL_KINDS)
+
+
+def test_quality_tests_fail_under_ci_without_the_shapes_sample(tmp_path, monkeypatch):
+    """The quality tests' lookup (conftest.require_shapes_sample): skip on a laptop, fail under CI."""
+    from conftest import SHAPES_SAMPLE, require_shapes_sample
+
+    assert SHAPES_SAMPLE.parent.parent == Path(__file__).resolve().parent.parent.parent  # beside the checkout
+    monkeypatch.setenv("CLIPSEARCH_SHAPES_SAMPLE", str(tmp_path / "missing"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="missing"):
+        require_shapes_sample()
+    for ci in ("true", "1"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match="CI must run the quality tests"):
+            require_shapes_sample()
+    (tmp_path / "missing" / "images").mkdir(parents=True)
+    (tmp_path / "missing" / "scenes.jsonl").write_text("{}\n")
+    assert require_shapes_sample() == tmp_path / "missing"

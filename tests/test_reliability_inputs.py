@@ -1,5 +1,6 @@
-"""Bad image inputs (reliability.md section I, cases 16-26): every one is skip-and-report with a reason,
-batch-mates unaffected, memory bounded, no descriptor leaks, no exception escaping the per-file guard."""
+"""Bad image inputs (reliability.md section I, cases 16-26; the fuzzing of 25 is tests/test_reliability_fuzz.py):
+every one is skip-and-report with a reason, batch-mates unaffected, memory bounded, no descriptor leaks, no
+exception escaping the per-file guard."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import random
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from clipsearch import Library, imaging
-from clipsearch.errors import ImageError
 
 from conftest import make_image
 from reliability_helpers import FakeEncoder, db_rows, open_fds
@@ -134,17 +133,14 @@ def test_allow_truncated_indexes_with_a_warning(tmp_path, tiny_model):
     assert res.exit_code == 0 and f"warning {root / 'cut.jpg'}: truncated" in res.stderr, res.output
 
 
-def test_garbled_jpeg_scan_data_is_indexed_or_skipped_never_raised(tmp_path):
+def test_garbled_jpeg_scan_data_is_decoded(tmp_path):
     data = bytearray(make_image(tmp_path / "src.jpg", 3, size=(256, 256)).read_bytes())
     sos = data.index(b"\xff\xda")
     rng = random.Random(0)
     for i in rng.sample(range(sos + 20, len(data) - 10), 40):
         data[i] = rng.randrange(256) if data[i] != 0xFF else 0xFF
-    try:
-        img, size = imaging.decode(bytes(data), draft=None)
-        assert img.mode == "RGB" and size == (256, 256)  # documented: Pillow decodes garbled scans
-    except ImageError as e:
-        assert e.reason
+    img, size = imaging.decode(bytes(data), draft=None)  # libjpeg decodes garbled scan data (no error to report)
+    assert img.mode == "RGB" and size == img.size == (256, 256)
 
 
 # -- 18, 19 -------------------------------------------------------------------------------------------------
@@ -321,16 +317,12 @@ def test_exif_orientation_all_values(tmp_path):
         assert img.size == (48, 32)
     buf = io.BytesIO()
     upright.save(buf, "JPEG", exif=b"Exif\x00\x00" + bytes(random.Random(1).randrange(256) for _ in range(200)))
-    try:
-        img, _ = imaging.decode(buf.getvalue())
-        assert img.size in ((48, 32), (32, 48))
-    except ImageError as e:  # a corrupt EXIF block may be reported, never raised as something else
-        assert e.reason
+    img, _ = imaging.decode(buf.getvalue())  # a garbage EXIF block: no orientation in it, the pixels as stored
+    assert np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
 
 
 # -- 24 ---------------------------------------------------------------------------------------------------
 def test_heic_without_plugin_names_the_fix(tmp_path):
-    pytest.importorskip("PIL")
     try:
         import pillow_heif  # noqa: F401
         pytest.skip("pillow-heif is installed here: HEIC decodes")
@@ -352,90 +344,6 @@ def test_heic_without_plugin_names_the_fix(tmp_path):
     assert r["IMG_0001.HEIC"] == r["renamed-heic.jpg"] == "HEIC/HEIF support not installed: pip install 'clipsearch[heif]'"
     if features.check("avif"):
         assert "real.avif" not in r
-
-
-# -- 25 ---------------------------------------------------------------------------------------------------
-def seed_corpus() -> list[bytes]:
-    from PIL import features
-
-    base = Image.fromarray(np.random.default_rng(3).integers(0, 256, (24, 24, 3), dtype=np.uint8))
-    out = []
-    for fmt in ("JPEG", "PNG", "GIF", "TIFF", "WEBP") + (("AVIF",) if features.check("avif") else ()):
-        buf = io.BytesIO()
-        base.save(buf, fmt)
-        out.append(buf.getvalue())
-    return out
-
-
-def mutate(data: bytes, rng: random.Random) -> bytes:
-    d = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(5)
-        if op == 0 and d:
-            for _ in range(rng.randint(1, 8)):
-                d[rng.randrange(len(d))] = rng.randrange(256)
-        elif op == 1:
-            d = d[: rng.randrange(1, len(d) + 1)]
-        elif op == 2:
-            i = rng.randrange(len(d) + 1)
-            d[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
-        elif op == 3 and len(d) > 8:  # big numbers where sizes live
-            i = rng.randrange(len(d) - 4)
-            d[i:i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"])
-        else:
-            i, j = sorted(rng.randrange(len(d) + 1) for _ in range(2))
-            d[i:i] = d[i:j]
-    return bytes(d)
-
-
-def fuzz(n: int, seed: int) -> dict:
-    rng = random.Random(seed)
-    corpus = seed_corpus()
-    classes: dict[str, int] = {}
-    slowest = 0.0
-    for k in range(n):
-        data = mutate(corpus[k % len(corpus)], rng)
-        t = time.perf_counter()
-        try:
-            imaging.decode(data, draft=32)
-            cls = "decoded"
-        except ImageError as e:
-            cls = e.reason.split(":")[0]
-            if cls == "cannot decode":
-                cls += ":" + e.reason.split(":")[1].strip()
-        classes[cls] = classes.get(cls, 0) + 1
-        slowest = max(slowest, time.perf_counter() - t)
-    return {"classes": classes, "slowest_s": slowest}
-
-
-def test_fuzz_corpus_only_known_failure_classes():
-    out = fuzz(3000, seed=2026)
-    print(f"\nfuzz 3000: {out}")
-    known = {"decoded", "not a readable image", "truncated", "too large", "HEIC/HEIF support not installed"}
-    for cls in out["classes"]:
-        assert cls in known or cls.startswith("cannot decode:"), cls
-    assert out["slowest_s"] < 10
-
-
-@pytest.mark.slow
-def test_fuzz_corpus_40k():
-    out = fuzz(40_000, seed=7)
-    print(f"\nfuzz 40000: {out}")
-    assert out["slowest_s"] < 10
-
-
-def test_fuzzed_files_through_the_indexer(tmp_path):
-    rng = random.Random(11)
-    corpus = seed_corpus()
-    root = tmp_path / "fz"
-    root.mkdir()
-    ext = [".jpg", ".png", ".gif", ".tif", ".webp", ".avif"]
-    for k in range(300):
-        (root / f"f{k:04d}{ext[k % len(corpus)]}").write_bytes(mutate(corpus[k % len(corpus)], rng))
-    with Library.open(tmp_path / "lib", encoder=FakeEncoder(), batch_size=32) as lib:
-        report = lib.index([root])
-        assert report.added + len(report.skipped) == 300
-        assert lib.check().ok
 
 
 # -- 26 ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -22,12 +21,11 @@ def test_second_writer_exits_at_once_naming_the_holder(tmp_path, tiny_model):
     with Library.open(tmp_path / "lib", model=tiny_model) as holder:
         holder.index([photos])
         holder.lock.acquire()  # as a running `index` holds it
-        t = time.monotonic()
+        # the holder keeps the lock while the child runs: a child that waited for it would fail at run_cli's timeout
         res = run_cli("index", str(photos), "--library", str(tmp_path / "lib"), "-q")
-        elapsed = time.monotonic() - t
         assert res.returncode == 1, res.stderr
         assert f'"pid": {os.getpid()}' in res.stderr and "being indexed by" in res.stderr
-        assert "database is locked" not in res.stderr and elapsed < 30
+        assert "database is locked" not in res.stderr
         # a query meanwhile answers from the last commit
         res = run_cli("query", "x", "--library", str(tmp_path / "lib"), "--json")
         assert res.returncode == 0 and len(json.loads(res.stdout)) == 1, res.stderr
@@ -74,7 +72,7 @@ def test_every_kind_of_cache_damage_is_rebuilt(tmp_path, damage):
     (tmp_path / "lib" / f"index.faiss.tmp.{2 ** 22 + 7}").write_bytes(b"")  # a zero-length orphan of a dead writer
     with Library.open(tmp_path / "lib", encoder=enc) as lib:
         r = lib.check()
-        assert not r.ok and r.cache in ("damaged", "mismatched"), r.to_dict()
+        assert not r.ok and r.cache == ("mismatched" if damage.startswith("other-") else "damaged"), r.to_dict()
         got = [(x.path, x.score) for x in lib.search("probe", k=6)]  # queries stay correct
         assert [p for p, _ in got] == [p for p, _ in expected]
         lib.index([photos])  # a writer publishes a good cache again and removes the orphan

@@ -10,11 +10,9 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,7 @@ from click.testing import CliRunner
 
 from clipsearch import Library
 from clipsearch.cli import cli
-from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError,
-                               NotALibraryError, SchemaTooNewError)
+from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError)
 
 from conftest import make_image, run_cli, write_checkpoint
 from reliability_helpers import FakeEncoder, db_rows
@@ -107,12 +104,10 @@ def test_example_image_queries_get_specific_messages(built, tmp_path, monkeypatc
         "x.heic": "HEIC/HEIF support not installed",
     }
     with Library.open(lib_dir, create=False) as lib:
-        for name, msg in cases.items():
-            t = time.perf_counter()
+        for name, msg in cases.items():  # the FIFO is never opened for reading (that would block)
             with pytest.raises(ImageError) as e:
                 lib.search(image=tmp_path / name, k=3)
             assert msg in str(e.value) and name in str(e.value), (name, str(e.value))
-            assert time.perf_counter() - t < 30
         os.symlink(root / "q3.png", tmp_path / "link.png")  # a symlink the user names is followed
         top = lib.search(image=tmp_path / "link.png", k=1)[0]
         assert top.path == str(root / "q3.png") and top.score > 0.999
@@ -256,7 +251,7 @@ def test_crash_and_exception_mid_migration_leave_the_old_schema(tmp_path, monkey
 
     monkeypatch.setattr(_crashpoints, "ACTIVE", True)
     monkeypatch.setattr(_crashpoints, "hit", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="injected failure inside the migration"):
         Library.open(lib_dir, create=False)
     monkeypatch.undo()
     assert db_rows(lib_dir, "SELECT version_num FROM alembic_version") == [("0001",)]

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from clipsearch.training import shapes
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = Path(os.environ.get("CLIPSEARCH_SHAPES_SAMPLE", REPO.parent / "shared" / "shapes-sample"))
+from conftest import require_shapes_sample
 
 
 def test_captions_match_scenes(tmp_path):
@@ -71,10 +67,11 @@ def test_noise_level():
     assert 3.5 < arr.std() < 4.5
 
 
-@pytest.mark.skipif(not (SAMPLE / "scenes.jsonl").is_file(), reason="shapes-sample not available")
 def test_faithful_to_independent_sample():
     """Re-rendering the sample's scenes gives the sample's images up to noise (and JPEG)."""
     from PIL import Image
+
+    SAMPLE = require_shapes_sample()
 
     scenes = [json.loads(l) for l in open(SAMPLE / "scenes.jsonl", encoding="utf-8")][:30]
     for s in scenes:

@@ -12,37 +12,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conftest import make_image, run_cli  # noqa: E402
+from conftest import make_image, offline_env, run_cli  # noqa: E402  (hf_cache: a conftest fixture)
 
 from clipsearch.encoders import DEFAULT_MODEL  # noqa: E402
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(scope="module")
-def hf_cache(tmp_path_factory):
-    """HF_HUB_CACHE with the default model's repo at one snapshot, weights random but real."""
-    import open_clip
-    import torch
-    from open_clip.pretrained import get_pretrained_cfg
-    from safetensors.torch import save_file
-
-    arch, tag = DEFAULT_MODEL.split(":")
-    repo = get_pretrained_cfg(arch, tag)["hf_hub"].strip("/")
-    cache = tmp_path_factory.mktemp("hf") / "hub"
-    repo_dir = cache / ("models--" + repo.replace("/", "--"))
-    snap = repo_dir / "snapshots" / COMMIT
-    snap.mkdir(parents=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(COMMIT)
-    torch.manual_seed(0)
-    model = open_clip.create_model(arch, pretrained=None)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "open_clip_model.safetensors"))
-    return cache, model
-
-
-def offline_env(cache: Path) -> dict:
-    return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home")}
 
 
 def test_default_model_loads_through_open_clip_from_the_cache(tmp_path, hf_cache):
