@@ -124,9 +124,9 @@ def main() -> None:
         print(f"\ncold `clipsearch query` on the shapes sample ({len(os.listdir(args.sample / 'images'))} images, "
               f"--model shapes), p50 of {args.runs} new processes, seconds")
         cols = ["text", "--like PATH", "--image NEW"]
-        print(f"  {'code':<24}" + "".join(f"{c:>14}" for c in cols))
+        print(f"  {'code':<24}" + "".join(f"{c:>16}" for c in cols))
         for name, r in rows.items():
-            print(f"  {name:<24}" + "".join(f"{r[c]:>14.2f}" if r[c] is not None else f"{'(no such flag)':>14}"
+            print(f"  {name:<24}" + "".join(f"{r[c]:>16.2f}" if r[c] is not None else f"{'(no such flag)':>16}"
                                             for c in cols))
         print(f"\nwhere the torch path's time goes (fresh processes, p50 of {args.runs}, seconds)")
         for name, secs in breakdown(REPO, args.runs).items():
