@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_templates_average_the_prompts_unit_vectors():
 
 def test_templates_are_off_by_default_as_the_readme_says():
     assert DEFAULT_TEMPLATES == () and Query.text("x").templates == ()
-    readme = (__import__("pathlib").Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "prompt templates are off by default" in readme.lower()
 
 
