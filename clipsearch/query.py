@@ -6,6 +6,7 @@
 A query is a weighted sum of terms: texts (embedded by the model's text tower), example image files
 (embedded by its image tower) and images already in the library (their stored vectors: `like`). A
 negative weight subtracts the term. The query vector is the normalised weighted sum of the terms' unit
+vectors; with `templates` ("a photo of {}", ...) a text term's vector is the mean of its prompts' unit
 vectors. Filters select the candidates before ranking; `min_score` and `cutoff` decide which results
 are good enough to show; `sort` orders the results that passed.
 """
