@@ -155,37 +155,155 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
     )
 
 
+def _epoch(value: str | None, flag: str) -> float | None:
+    """An ISO date or date-time (2024-05-01, 2024-05-01T18:30, ...+02:00) as seconds since the epoch; a date
+    without a time zone is local time, a date alone its midnight."""
+    if value is None:
+        return None
+    import datetime
+
+    try:
+        return datetime.datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO date such as 2024-05-01 or 2024-05-01T18:30",
+                                 param_hint=flag) from None
+
+
+def _like_value(value: str) -> int | str:
+    """An embedding id (digits that are not a file here) or the path of an indexed image."""
+    if value.isdigit() and not os.path.exists(value):
+        return int(value)
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _range(low, high, what: str, flags: str) -> None:
+    if low is not None and high is not None and low >= high:
+        raise click.UsageError(f"{flags}: the {what} range is empty (the first bound must be below the second)")
+
+
+def build_query(text, and_texts, not_texts, images, not_images, likes, unlikes, *, k, min_score, cutoff, sort,
+                include_self, templates, no_templates, folder, path_glob, modified_after, modified_before,
+                taken_after, taken_before, min_width, min_height, min_megapixels, max_megapixels, formats):
+    """The Query a `clipsearch query` command line means, or a click usage error (exit status 2)."""
+    from .query import Filters, Query, Term, parse_terms, split_weight
+
+    if k < 1:
+        raise click.BadParameter(f"k must be at least 1, not {k}", param_hint="-k/--limit")
+    if text is None and not (and_texts or not_texts or images or not_images or likes or unlikes):
+        raise click.UsageError("give something to search for: a query TEXT, --image PATH or --like ID|PATH")
+    if templates and no_templates:
+        raise click.UsageError("--template and --no-templates contradict each other: give one of them")
+    _range(min_megapixels, max_megapixels, "megapixel", "--min-megapixels/--max-megapixels")
+    dates = {f: _epoch(v, f) for f, v in (("--modified-after", modified_after), ("--modified-before", modified_before),
+                                         ("--taken-after", taken_after), ("--taken-before", taken_before))}
+    _range(dates["--modified-after"], dates["--modified-before"], "date", "--modified-after/--modified-before")
+    _range(dates["--taken-after"], dates["--taken-before"], "date", "--taken-after/--taken-before")
+    try:
+        terms = list(parse_terms(text)) if text is not None else []
+        for sign, values in ((1, and_texts), (-1, not_texts)):
+            for value in values:
+                words, weight = split_weight(value)
+                terms.append(Term.text(words, sign * weight))
+        terms += [Term.image(os.path.expanduser(p)) for p in images]
+        terms += [Term.image(os.path.expanduser(p), -1.0) for p in not_images]
+        terms += [Term.like(_like_value(v)) for v in likes]
+        terms += [Term.like(_like_value(v), -1.0) for v in unlikes]
+        filters = Filters(
+            folder=os.path.abspath(os.path.expanduser(folder)) if folder else None, path_glob=path_glob,
+            modified_after=dates["--modified-after"], modified_before=dates["--modified-before"],
+            taken_after=dates["--taken-after"], taken_before=dates["--taken-before"],
+            min_width=min_width, min_height=min_height, min_megapixels=min_megapixels, max_megapixels=max_megapixels,
+            formats=tuple(dict.fromkeys(_FORMAT_ALIASES.get(f.lower(), f.lower()) for f in formats)))
+        options = {"k": k, "min_score": min_score, "sort": sort, "include_self": include_self, "filters": filters}
+        if cutoff is not None:
+            options["cutoff"] = cutoff
+        if templates or no_templates:
+            options["templates"] = tuple(templates)
+        return Query(terms=tuple(terms), **options).validate()
+    except ClipSearchError as e:
+        raise click.UsageError(str(e)) from None
+
+
+_FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff"}
+
+
+def _nothing_found(query) -> str:
+    if query.min_score is not None or query.cutoff != "none":
+        hint = "lower --min-score" if query.min_score is not None else "--cutoff none"
+        return f"no image matches well enough (try {hint} to see the closest ones)"
+    if query.filters.active:
+        return "no image passes the filters"
+    return "no image matches"
+
+
 @cli.command()
 @click.argument("text", required=False)
-@click.option("--image", "image", type=str, default=None, help="Search by an example image instead of text.")
+@click.option("--and", "and_texts", multiple=True, metavar="TEXT",
+              help="Also look for this text (repeatable; `WEIGHT:words` weighs it).")
+@click.option("--not", "not_texts", multiple=True, metavar="TEXT",
+              help="Move away from this text (repeatable; `WEIGHT:words` weighs it).")
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="An example image file (repeatable); one whose content is indexed is not embedded again.")
+@click.option("--not-image", "not_images", multiple=True, metavar="PATH", help="Move away from this image file.")
+@click.option("--like", "likes", multiple=True, metavar="ID|PATH",
+              help="More like this indexed image (its id or path): its stored vector, no model loaded.")
+@click.option("--unlike", "unlikes", multiple=True, metavar="ID|PATH", help="Less like this indexed image.")
+@click.option("--include-self", is_flag=True,
+              help="Keep the example images (--image, --like) themselves in the results.")
+@click.option("--template", "templates", multiple=True, metavar="T",
+              help='A prompt template for the text terms, "{}" standing for the words (repeatable: averaged). '
+                   'Default: none (they did not help on the demo evaluation; see the README).')
+@click.option("--no-templates", is_flag=True, help="Embed the texts as they are (the default).")
+@click.option("--folder", default=None, metavar="DIR", help="Only images under this folder.")
+@click.option("--path-glob", default=None, metavar="GLOB", help="Only images whose full path matches this shell glob.")
+@click.option("--modified-after", default=None, metavar="DATE", help="File modified at or after this ISO date.")
+@click.option("--modified-before", default=None, metavar="DATE", help="File modified before this ISO date.")
+@click.option("--taken-after", default=None, metavar="DATE", help="Photo taken (EXIF date) at or after this ISO date.")
+@click.option("--taken-before", default=None, metavar="DATE", help="Photo taken (EXIF date) before this ISO date.")
+@click.option("--min-width", type=click.IntRange(1), default=None, help="At least this many pixels wide.")
+@click.option("--min-height", type=click.IntRange(1), default=None, help="At least this many pixels high.")
+@click.option("--min-megapixels", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--max-megapixels", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--format", "formats", multiple=True, metavar="FMT", help="Only this file format: jpeg, png, ... (repeatable).")
+@click.option("--sort", default="score", show_default=True, type=click.Choice(["score", "date", "path"]),
+              help="Order of the results that passed the cut-off.")
+@click.option("--cutoff", default=None, type=click.Choice(["auto", "none"]),
+              help="auto: keep only results that stand out from this query's own scores over the library.")
+@click.option("--min-score", type=float, default=None, help="Leave out results whose cosine score is lower.")
 @click.option("-k", "--limit", "k", default=10, show_default=True, type=int, help="How many results.")
 @library_option
 @click.option("--model", default=None, envvar="CLIPSEARCH_MODEL", help="Must be the library's own model, if given.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
-@click.option("--min-score", type=float, default=None, help="Leave out results whose cosine score is lower.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id}.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id, ...}.")
 @click.option("-0", "--null", "null", is_flag=True,
               help="Print only the paths, each ended by a NUL byte (for xargs -0: any file name is unambiguous).")
 @handle_errors
-def query(text, image, k, library, model, device, precision, min_score, as_json, null):
-    """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
-    if k < 1:
-        raise click.BadParameter(f"k must be at least 1, not {k}", param_hint="-k/--limit")
-    if (text is None) == (image is None):
-        raise click.UsageError("give a query TEXT or --image PATH (one of them)")
-    if text is not None:
-        from .query import check_query_text
+def query(text, and_texts, not_texts, images, not_images, likes, unlikes, include_self, templates, no_templates,
+          folder, path_glob, modified_after, modified_before, taken_after, taken_before, min_width, min_height,
+          min_megapixels, max_megapixels, formats, sort, cutoff, min_score, k, library, model, device, precision,
+          as_json, null):
+    """Search the library: by TEXT, example images and indexed images, steered with --and/--not; prints
+    rank, score (cosine) and path.
 
-        try:
-            check_query_text(text)
-        except ClipSearchError as e:
-            raise click.BadParameter(str(e), param_hint="TEXT") from None
+    TEXT may join terms with ` + ` and ` - `, each optionally weighted as `WEIGHT:words`.
+
+    \b
+    Examples:
+      clipsearch query "a dog" --and "on a beach" --not "at night"
+      clipsearch query "2:a dog + on a beach - 0.5:at night"
+      clipsearch query --like ~/Photos/cat.jpg --unlike ~/Photos/dog.jpg
+    """
+    if as_json and null:
+        raise click.UsageError("--json and -0 are two output formats: give one of them")
+    q = build_query(text, and_texts, not_texts, images, not_images, likes, unlikes, k=k, min_score=min_score,
+                    cutoff=cutoff, sort=sort, include_self=include_self, templates=templates,
+                    no_templates=no_templates, folder=folder, path_glob=path_glob, modified_after=modified_after,
+                    modified_before=modified_before, taken_after=taken_after, taken_before=taken_before,
+                    min_width=min_width, min_height=min_height, min_megapixels=min_megapixels,
+                    max_megapixels=max_megapixels, formats=formats)
     with open_library(library, model=model, create=False, device=device, precision=precision) as lib:
-        if text is not None:
-            results = lib.search(text, k=k, min_score=min_score)
-        else:
-            results = lib.search(image=image, k=k, min_score=min_score)
+        results = lib.search(q)
     if as_json:
         print_json([r.to_dict() for r in results])
         return
@@ -193,6 +311,9 @@ def query(text, image, k, library, model, device, precision, min_score, as_json,
         sys.stdout.flush()
         sys.stdout.buffer.write(b"".join(os.fsencode(r.path) + b"\0" for r in results))
         sys.stdout.buffer.flush()
+        return
+    if not results:
+        click.echo(_nothing_found(q), err=True)
         return
     for r in results:
         echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")

@@ -257,7 +257,9 @@ class Library:
                min_score: float | None = None) -> list[Result]:
         """The k images closest to a text, an example image, or a Query, best first, with cosine scores.
 
-        `min_score` leaves out results whose score is lower (so a search may find nothing: []).
+        `min_score` leaves out results whose score is lower (so a search may find nothing: []). An `image=`
+        that is itself an indexed file is among its own results (as before Query.include_self existed); a
+        Query decides with its `include_self` (False by default: the example is left out).
         """
         return self.reader.search(text, image=image, k=k, min_score=min_score)
 

@@ -6,6 +6,7 @@
 A query is a weighted sum of terms: texts (embedded by the model's text tower), example image files
 (embedded by its image tower) and images already in the library (their stored vectors: `like`). A
 negative weight subtracts the term. The query vector is the normalised weighted sum of the terms' unit
+vectors; with `templates` ("a photo of {}", ...) a text term's vector is the mean of its prompts' unit
 vectors. Filters select the candidates before ranking; `min_score` and `cutoff` decide which results
 are good enough to show; `sort` orders the results that passed.
 """
@@ -24,6 +25,10 @@ MAX_K = 10_000
 SORTS = ("score", "date", "path")
 CUTOFFS = ("none", "auto")
 TERM_KINDS = ("text", "image", "like")
+MAX_TEMPLATES = 16
+# Prompt templates for text terms: none by default, since on the demo evaluation they did not help (the
+# figures are in the README, "Steering a search"; benchmarks/prompt_templates.py measures them).
+DEFAULT_TEMPLATES: tuple[str, ...] = ()
 
 
 def check_query_text(text: str) -> None:
@@ -116,6 +121,9 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     sort: str = "score"
     include_self: bool = False
+    # each text term is embedded once per template ("{}" stands for the text) and the unit vectors averaged;
+    # () embeds the text as it is
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
 
     @classmethod
     def text(cls, text: str, **options) -> "Query":
@@ -151,12 +159,29 @@ class Query:
             raise ConfigError(f"cutoff must be one of {', '.join(CUTOFFS)}, not {self.cutoff!r}")
         if self.sort not in SORTS:
             raise ConfigError(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
+        check_templates(self.templates)
         return self
 
     def to_dict(self) -> dict:
         return {"terms": [t.to_dict() for t in self.terms], "k": self.k, "min_score": self.min_score,
                 "cutoff": self.cutoff, "filters": self.filters.to_dict(), "sort": self.sort,
-                "include_self": self.include_self}
+                "include_self": self.include_self, "templates": list(self.templates)}
+
+
+def check_templates(templates) -> None:
+    """A template is a text with one `{}` where the query's words go, e.g. "a photo of {}"."""
+    if isinstance(templates, str) or not isinstance(templates, (tuple, list)):
+        raise ConfigError("templates must be a list of texts, each with one {} (e.g. \"a photo of {}\")")
+    if len(templates) > MAX_TEMPLATES:
+        raise ConfigError(f"at most {MAX_TEMPLATES} prompt templates, not {len(templates)}")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ConfigError(f"the prompt template {t!r} must hold {{}} exactly once, where the query's words go")
+        check_query_text(t.replace("{}", "x"))
+
+
+def apply_template(template: str, text: str) -> str:
+    return template.replace("{}", text)
 
 
 _SPLIT = re.compile(r"\s+([+-])\s+")
@@ -176,12 +201,17 @@ def parse_terms(text: str) -> tuple[Term, ...]:
     terms = [("+", parts[0])] + [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
     out = []
     for sign, chunk in terms:
-        chunk = chunk.strip()
-        m = _WEIGHT.match(chunk)
-        weight = 1.0
-        if m:
-            weight, chunk = float(m.group(1)), m.group(2).strip()
-        if not chunk:
+        words, weight = split_weight(chunk)
+        if not words:
             raise ConfigError(f"the query {text!r} has an empty term (around a `{sign}`)")
-        out.append(Term.text(chunk, -weight if sign == "-" else weight))
+        out.append(Term.text(words, -weight if sign == "-" else weight))
     return tuple(out)
+
+
+def split_weight(chunk: str) -> tuple[str, float]:
+    """`"0.5:at night"` -> ("at night", 0.5); words without a `WEIGHT:` prefix weigh 1."""
+    chunk = chunk.strip()
+    m = _WEIGHT.match(chunk)
+    if m:
+        return m.group(2).strip(), float(m.group(1))
+    return chunk, 1.0

@@ -12,6 +12,7 @@ the lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -50,6 +51,7 @@ class Reader:
         self._injected = encoder is not None  # a caller's own encoder embeds texts too
         self._fp_checked = None
         self._text_encoder = None  # the light text tower (encoders/textfast.py); False when it does not apply
+        self._image_encoder = None  # the light image tower (encoders/imagefast.py); False when it does not apply
         self._model_lock = threading.Lock()
         self._index: VectorIndex | None = None
         self._index_lock = RWLock()
@@ -114,6 +116,19 @@ class Reader:
                     self._text_encoder = light or False
         return self._text_encoder or self.encoder
 
+    def image_encoder(self):
+        """What embeds a query's new example images: the model's image tower in numpy (no torch import) when
+        encoders/imagefast.py covers the model (the demo model's ResNet) under the same conditions as the
+        light text tower; the full model otherwise. Either way the library's recorded model is checked."""
+        if self._image_encoder is None:
+            with self._model_lock:
+                if self._image_encoder is None:
+                    light = None
+                    if not self._injected and self.device != "cuda" and self.precision in ("auto", "fp32"):
+                        light = _load_light_image_encoder(self.catalog, self.path, self.model_name)
+                    self._image_encoder = light or False
+        return self._image_encoder or self.encoder
+
     # -- the cache ------------------------------------------------------------------------------
     @property
     def dim(self) -> int | None:
@@ -177,22 +192,28 @@ class Reader:
         return encoder.embed_texts(list(texts))
 
     def stored_vector(self, id_or_path: int | str) -> tuple[np.ndarray, list[bytes]]:
-        """An indexed image's stored vector (by embedding id or by path) and the live files that share it."""
+        """An indexed image's stored vector (by embedding id or by path) and the files that are that example:
+        for an id, every live file holding that vector; for a path, that file."""
         if isinstance(id_or_path, str) and not id_or_path.isdigit():
-            p = os.fsencode(os.path.abspath(os.path.expanduser(id_or_path)))
+            p = os.fsencode(os.path.abspath(os.path.expanduser(id_or_path)))  # as the indexer stores paths
             emb_id = self.catalog.file_embedding_id(p)
             if emb_id is None:
-                raise NotFoundError(f"{os.fsdecode(p)} is not an indexed image of this library")
-        else:
-            emb_id = int(id_or_path)
+                raise NotFoundError(f"{os.fsdecode(p)} is not an indexed image of this library (to search by a "
+                                    f"picture that is not indexed, give it as an example image: --image)")
+            found = self.catalog.embedding(emb_id)
+            if found is None:
+                raise NotFoundError(f"{os.fsdecode(p)} has no stored vector in this library")
+            return found[0], [p]
+        emb_id = int(id_or_path)
         found = self.catalog.embedding(emb_id)
         if found is None:
             raise NotFoundError(f"no indexed image with id {emb_id} in this library")
         return found
 
     def embed_image_file(self, image: str | os.PathLike) -> tuple[np.ndarray, bytes | None]:
-        """An example image's unit vector: the stored one when its content is indexed (no model), else the
-        model's. Also returns its content's indexed paths' first entry when it is in the library."""
+        """An example image's unit vector: the stored one when its content is indexed (no model is loaded),
+        else the image tower's (`image_encoder`). Also returns the file's path as the library would store it
+        when its content is in the library (so a search can leave the example itself out), else None."""
         p = Path(os.path.expanduser(os.fspath(image)))
         try:
             st = os.stat(p)
@@ -208,8 +229,8 @@ class Reader:
         known = self.catalog.embedding_by_hash(imaging.content_hash(data))
         if known is not None:
             _, vector = known
-            return vector, os.fsencode(os.path.realpath(p))
-        encoder = self.encoder
+            return vector, os.fsencode(os.path.abspath(p))  # the indexer stores absolute, unresolved paths
+        encoder = self.image_encoder()
         try:
             img, _ = imaging.decode(data, max_pixels=self.max_pixels, draft=getattr(encoder, "image_size", 224))
         except ImageError as e:
@@ -231,6 +252,25 @@ class _Sources:
 
     def stored_vector(self, id_or_path):
         return self.reader.stored_vector(id_or_path)
+
+
+def _load_light_image_encoder(catalog: Catalog, path: Path, model_name: str):
+    """The library's image tower in numpy, checked against the library's recorded model; None when it does
+    not cover this model or the library records no model yet (the full model answers and records it)."""
+    from .encoders import parse_model_spec
+    from .encoders.imagefast import load_image_encoder
+
+    stored_json = catalog.get_meta("model_fingerprint_json")
+    if not stored_json:
+        return None
+    light = load_image_encoder(parse_model_spec(model_name))
+    if light is None:
+        return None
+    identity.check_text_fingerprint(catalog, path, light)  # model, arch, weights, dim: a mismatch is an error
+    stored_pp = json.loads(stored_json).get("preprocess")
+    if stored_pp != json.loads(json.dumps({k: light.preprocess_cfg[k] for k in sorted(light.preprocess_cfg)})):
+        return None  # preprocessing recorded otherwise: let the full loader decide
+    return light
 
 
 def _warn_if_truncated(encoder, text: str) -> None:

@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .errors import ConfigError, IntegrityError
-from .query import Query
+from .query import Query, apply_template
 from .store import Catalog
 from .vector_index import VectorIndex
 
@@ -57,8 +57,7 @@ def plan(query: Query, sources: Sources) -> Plan:
     weights: list[float] = []
     examples: set[bytes] = set()
     if texts:
-        tv = sources.embed_texts([t.value for t in texts])
-        vectors.extend(tv)
+        vectors.extend(text_vectors([t.value for t in texts], query.templates, sources))
         weights.extend(t.weight for t in texts)
     for t in query.terms:
         if t.kind == "image":
@@ -76,12 +75,26 @@ def plan(query: Query, sources: Sources) -> Plan:
     return Plan(combine(vectors, weights), frozenset(examples))
 
 
-def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The normalised weighted sum of unit vectors (a negative weight subtracts its term)."""
-    m = np.asarray(vectors, dtype=np.float64)
+def text_vectors(texts: Sequence[str], templates: Sequence[str], sources: Sources) -> np.ndarray:
+    """One unit vector per text: the text's own, or the mean of its templated prompts' unit vectors
+    (renormalised), all prompts embedded in one batch."""
+    if not templates:
+        return _unit(sources.embed_texts(list(texts)))
+    prompts = [apply_template(t, text) for text in texts for t in templates]
+    v = _unit(sources.embed_texts(prompts)).reshape(len(texts), len(templates), -1).mean(axis=1)
+    return _unit(v)
+
+
+def _unit(m) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
     if not np.all(np.isfinite(m)):
         raise IntegrityError("the model produced a non-finite query vector")
-    m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
+
+
+def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The normalised weighted sum of unit vectors (a negative weight subtracts its term)."""
+    m = _unit(np.asarray(vectors, dtype=np.float64))
     q = (np.asarray(weights, dtype=np.float64)[:, None] * m).sum(axis=0)
     norm = float(np.linalg.norm(q))
     if norm < 1e-6:

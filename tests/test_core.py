@@ -214,7 +214,8 @@ def test_cli_json_shapes_and_errors(tmp_path, photos, tiny_model):
     lines = res.stdout.strip().splitlines()
     assert res.exit_code == 0 and len(lines) == 2 and lines[0].split()[0] == "1"
 
-    res = runner.invoke(cli, ["query", "--image", str(photos / "img0.png"), "--library", libdir, "--json", "-k", "1"])
+    res = runner.invoke(cli, ["query", "--image", str(photos / "img0.png"), "--include-self", "--library", libdir, "--json",
+                               "-k", "1"])
     assert json.loads(res.stdout)[0]["path"] == str(photos / "img0.png")
 
     res = runner.invoke(cli, ["status", "--library", libdir, "--json"])
