@@ -30,6 +30,7 @@ MAGIC = b"CLPSFAI1"
 FORMAT = 1
 INDEX_NAME = "index.faiss"
 SHORTLIST_MIN = 20_000  # vectors from which a search first scans a float16 copy (VectorIndex._shortlist)
+SAMPLE_MAX = 16_384  # rows a query's score distribution is measured on (VectorIndex.sample_scores)
 
 
 def _faiss():
@@ -60,6 +61,7 @@ class VectorIndex:
         self._coarse = None  # (float16 index, longest vector's norm) for the search shortlist, made on first use
         self._coarse_lock = threading.Lock()
         self._searches = 0
+        self._id_order = None  # (sorted ids, their rows) for search_subset, made on first use
 
     @property
     def ntotal(self) -> int:
@@ -74,13 +76,13 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.remove(ids)  # idempotent: adding an id twice replaces it
         self.index.add_with_ids(vectors, ids)
-        self._coarse = None
+        self._coarse = self._id_order = None
 
     def remove(self, ids: np.ndarray) -> None:
         if len(ids) == 0 or self.ntotal == 0:
             return
         self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        self._coarse = None
+        self._coarse = self._id_order = None
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top k (scores, ids) for one query vector, FAISS's -1 padding dropped; exact, best first."""
@@ -114,6 +116,59 @@ class VectorIndex:
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
         return scores[top], id_map[rows[top]].astype(np.int64)
+
+    def search_subset(self, query: np.ndarray, k: int, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Top k (scores, ids) among `ids` only, best first: only their rows are read and scored (a filter that
+        leaves few candidates costs their vectors, not the whole index). The scores are the same inner
+        products as `search`'s; ids that are not in the index are left out."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query has dimension {q.shape[0]}, the index {self.dim}")
+        rows = self.rows_of(ids)
+        if k <= 0 or len(rows) == 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        view = self._flat_view()
+        if view is None:
+            vectors = self.vectors()
+            id_map = self.ids()
+        else:
+            vectors, id_map = view
+        scores = vectors[rows] @ q
+        k = min(k, len(rows))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return scores[top], id_map[rows[top]].astype(np.int64)
+
+    def rows_of(self, ids) -> np.ndarray:
+        """The index rows holding these ids (distinct, in no particular order); unknown ids are skipped."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0 or self.ntotal == 0:
+            return np.empty(0, np.int64)
+        sorted_ids, rows = self._id_rows()
+        at = np.searchsorted(sorted_ids, ids)
+        at = at[at < len(sorted_ids)]
+        return rows[at[np.isin(sorted_ids[at], ids, assume_unique=True)]]
+
+    def _id_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The index's ids sorted, with the row of each: built once per change (threads share it)."""
+        with self._coarse_lock:
+            if self._id_order is None or len(self._id_order[0]) != self.ntotal:
+                id_map = self.ids()
+                order = np.argsort(id_map, kind="stable")
+                self._id_order = (id_map[order], order.astype(np.int64))
+            return self._id_order
+
+    def sample_scores(self, query: np.ndarray) -> np.ndarray:
+        """The query's scores against every vector, or against every m-th row when there are more than
+        SAMPLE_MAX (m = ntotal // SAMPLE_MAX, so 16,384 to 32,767 rows): the distribution a result is
+        judged against (cutoff.py). Deterministic for a given index; a strided view, no copy."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if self.ntotal == 0:
+            return np.empty(0, np.float32)
+        view = self._flat_view()
+        matrix = view[0] if view is not None else self.vectors()
+        step = max(1, len(matrix) // SAMPLE_MAX)
+        return matrix[::step] @ q
 
     def _shortlist(self, matrix: np.ndarray, q: np.ndarray, k: int) -> np.ndarray | None:
         """Rows that surely hold the exact top k, found through a float16 copy of the vectors.
