@@ -78,22 +78,23 @@ def check_filters(filters: Filters) -> Filters:
 # -- path globs ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GlobPlan:
-    """A glob as the catalog uses it: rows with `prefix <= path < upper` (when prefix is not empty) and
-    `path LIKE like ESCAPE '\\'` are candidates; `matches(path)` is the exact answer for each of them."""
+    """A glob as the catalog uses it: rows with `prefix <= path < upper` (when upper is not None) and whose path,
+    read as text, is `LIKE like ESCAPE '\\'` are candidates; `matches(path)` is the exact answer for each.
+    Globs match characters (a path's bytes read as os.fsdecode does), as LIKE's `_` does."""
 
-    pattern: bytes  # the whole-path pattern (a relative glob is anchored as `*/glob`)
+    pattern: str  # the whole-path pattern (a relative glob is anchored as `*/glob`)
     prefix: bytes
     upper: bytes | None  # None: no byte range (empty prefix, or one that ends in 0xff bytes)
-    like: bytes
+    like: str
 
     def matches(self, path: bytes) -> bool:
-        return fnmatchcase(path, self.pattern)
+        return fnmatchcase(os.fsdecode(path), self.pattern)
 
 
 def plan_glob(glob: str) -> GlobPlan:
-    pattern = os.fsencode(glob if glob.startswith("/") else "*/" + glob)
-    special = [i for i in (pattern.find(b"*"), pattern.find(b"?"), pattern.find(b"[")) if i >= 0]
-    prefix = pattern[:min(special)] if special else pattern
+    pattern = glob if glob.startswith("/") else "*/" + glob
+    special = [i for i in (pattern.find("*"), pattern.find("?"), pattern.find("[")) if i >= 0]
+    prefix = os.fsencode(pattern[:min(special)] if special else pattern)
     return GlobPlan(pattern, prefix, _next_prefix(prefix), _like(pattern))
 
 
@@ -105,40 +106,39 @@ def _next_prefix(prefix: bytes) -> bytes | None:
     return p[:-1] + bytes([p[-1] + 1])
 
 
-def _like(pattern: bytes) -> bytes:
+def _like(pattern: str) -> str:
     """A LIKE pattern matching every path the glob matches (and maybe a few more)."""
-    out = bytearray()
+    out = []
     i, n = 0, len(pattern)
-    esc = LIKE_ESCAPE.encode()
     while i < n:
-        c = pattern[i:i + 1]
-        if c == b"*":
-            out += b"%"
-        elif c == b"?":
-            out += b"_"
-        elif c == b"[":
+        c = pattern[i]
+        if c == "*":
+            out.append("%")
+        elif c == "?":
+            out.append("_")
+        elif c == "[":
             j = _bracket_end(pattern, i)
             if j is None:  # fnmatch reads an unclosed '[' as itself
-                out += b"["
+                out.append("[")
             else:
-                out += b"_"
+                out.append("_")
                 i = j
-        elif c in (b"%", b"_", esc):
-            out += esc + c
+        elif c in ("%", "_", LIKE_ESCAPE):
+            out.append(LIKE_ESCAPE + c)
         else:
-            out += c
+            out.append(c)
         i += 1
-    return bytes(out)
+    return "".join(out)
 
 
-def _bracket_end(pattern: bytes, i: int) -> int | None:
+def _bracket_end(pattern: str, i: int) -> int | None:
     """The index of the `]` closing the set that opens at pattern[i] (fnmatch's rules), or None."""
     j = i + 1
-    if j < len(pattern) and pattern[j:j + 1] == b"!":
+    if j < len(pattern) and pattern[j] == "!":
         j += 1
-    if j < len(pattern) and pattern[j:j + 1] == b"]":
+    if j < len(pattern) and pattern[j] == "]":
         j += 1
-    j = pattern.find(b"]", j)
+    j = pattern.find("]", j)
     return None if j < 0 else j
 
 

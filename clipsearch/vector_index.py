@@ -114,8 +114,7 @@ class VectorIndex:
             with query_threads():  # memory bound: a second core helps only when it is idle (_blas.py)
                 scores = matrix @ q[0]
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return scores[top], id_map[rows[top]].astype(np.int64)
+        return _exact_top(matrix, rows[top], q[0], id_map)
 
     def search_subset(self, query: np.ndarray, k: int, ids) -> tuple[np.ndarray, np.ndarray]:
         """Top k (scores, ids) among `ids` only, best first: only their rows are read and scored (a filter that
@@ -136,8 +135,7 @@ class VectorIndex:
         scores = vectors[rows] @ q
         k = min(k, len(rows))
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return scores[top], id_map[rows[top]].astype(np.int64)
+        return _exact_top(vectors, rows[top], q, id_map)
 
     def rows_of(self, ids) -> np.ndarray:
         """The index rows holding these ids (distinct, in no particular order); unknown ids are skipped."""
@@ -145,9 +143,8 @@ class VectorIndex:
         if len(ids) == 0 or self.ntotal == 0:
             return np.empty(0, np.int64)
         sorted_ids, rows = self._id_rows()
-        at = np.searchsorted(sorted_ids, ids)
-        at = at[at < len(sorted_ids)]
-        return rows[at[np.isin(sorted_ids[at], ids, assume_unique=True)]]
+        at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return rows[at[sorted_ids[at] == ids]]
 
     def _id_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The index's ids sorted, with the row of each: built once per change (threads share it)."""
@@ -269,6 +266,15 @@ class VectorIndex:
 
 
 _CHUNK = 1 << 22  # bytes per read of the cache file
+
+
+def _exact_top(matrix: np.ndarray, rows: np.ndarray, q: np.ndarray, id_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen rows' scores recomputed one way whatever found them, best first: float64 products rounded to
+    float32. A BLAS float32 product's last bit depends on the matrix's shape (which kernel gets the row), so the
+    full scan, the shortlist and search_subset would otherwise report a row's score differently."""
+    scores = (matrix[rows].astype(np.float64) @ q.astype(np.float64)).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], id_map[rows[order]].astype(np.int64)
 
 
 def _one_thread_search(faiss, index, q: np.ndarray, m: int):

@@ -303,7 +303,7 @@ class Catalog:
     def candidate_embedding_ids(self, filters, limit: int) -> list[int] | None:
         """The embedding ids of live files that pass `filters` (a checked query.Filters), or None when there
         are more than `limit` of them (the caller then scans every vector and checks the best ones)."""
-        conds, glob = _filter_conditions(filters)
+        conds, glob = _filter_conditions(filters, self.backend.path_text)
         with self.read() as conn:
             if glob is None:
                 q = sa.select(files_table.c.embedding_id).where(*conds).distinct().limit(limit + 1)
@@ -322,7 +322,7 @@ class Catalog:
         out: dict[int, list[FileInfo]] = {}
         glob = None
         if filters is not None:
-            conds, glob = _filter_conditions(filters)
+            conds, glob = _filter_conditions(filters, self.backend.path_text)
             stmt = sa.select(*_FILE_INFO).where(*conds, files_table.c.embedding_id.in_(
                 sa.bindparam("ids", expanding=True))).order_by(files_table.c.path)
         else:

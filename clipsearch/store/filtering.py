@@ -19,9 +19,10 @@ def prefix_range(root: bytes) -> tuple[bytes, bytes]:
     return base, base[:-1] + b"0"  # '0' is the byte after '/'
 
 
-def filter_conditions(filters) -> tuple[list, "GlobPlan | None"]:
+def filter_conditions(filters, path_text) -> tuple[list, "GlobPlan | None"]:
     """SQL conditions for a checked query.Filters (filters.check_filters), and the glob still to check
-    exactly on the rows they select (LIKE is only a superset of the glob)."""
+    exactly on the rows they select (LIKE is only a superset of the glob). `path_text(column)` is the
+    backend's way of reading a bytes column as text for LIKE."""
     f = files_table.c
     conds = [f.status == "ok", f.embedding_id.is_not(None)]
     if filters.folder is not None:
@@ -32,7 +33,7 @@ def filter_conditions(filters) -> tuple[list, "GlobPlan | None"]:
         glob = plan_glob(filters.path_glob)
         if glob.upper is not None:
             conds += [f.path >= glob.prefix, f.path < glob.upper]
-        conds.append(f.path.like(glob.like, escape="\\"))
+        conds.append(path_text(f.path).like(glob.like, escape="\\"))
     if filters.modified_after is not None:
         conds.append(f.mtime_ns >= round(filters.modified_after * 1e9))
     if filters.modified_before is not None:
