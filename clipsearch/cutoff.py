@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 FLOOR_QUANTILE = 0.05
-GAP_LOGITS = 14.0  # calibrated by benchmarks/cutoff.py on the shapes demo model (README: "The cut-off")
+GAP_LOGITS = 14.0  # benchmarks/cutoff.py; README "Filters, sorting and the cut-off" says why this value
 DEFAULT_LOGIT_SCALE = 100.0
 MIN_JUDGE = 20
 SAFETENSORS_NAME = "open_clip_model.safetensors"

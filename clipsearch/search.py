@@ -5,7 +5,7 @@ that embeds texts and image files and finds stored vectors, so the same pipeline
 Python API and the web page.
 
 Filters are applied before ranking: the catalog selects the candidates in SQL (store/filtering.py).
-When they are few (at most a quarter of the index, and at most SUBSET_MAX) only their vectors are
+When they are few (at most 1/32 of the index, and at most SUBSET_MAX) only their vectors are
 scored (VectorIndex.search_subset); when they are many, the whole index is scanned and the best ids are
 checked against the filter in SQL, a widening window at a time. Then the cut-off (cutoff.py) and the
 sort: `sort` reorders the results that passed the cut-off, never which ones they are.
@@ -26,7 +26,9 @@ from .query import Filters, Query
 from .store import Catalog, FileInfo
 from .vector_index import VectorIndex
 
-SUBSET_FRACTION = 4  # a filter leaving at most ntotal / 4 candidates scores only theirs (benchmarks/filters.py)
+# a filter leaving at most ntotal / SUBSET_FRACTION candidates (and at most SUBSET_MAX) scores only theirs; with more,
+# reading their ids from SQL costs more than scanning every vector (benchmarks/filters.py)
+SUBSET_FRACTION = 32
 SUBSET_MAX = 50_000
 
 
@@ -159,7 +161,7 @@ def _best(index: VectorIndex, catalog: Catalog, q: np.ndarray, k: int, exclude: 
     want = k + len(exclude)
     search, total = index.search, index.ntotal
     if filters is not None:
-        limit = min(SUBSET_MAX, max(want, index.ntotal // SUBSET_FRACTION))
+        limit = max(want, min(SUBSET_MAX, index.ntotal // SUBSET_FRACTION))
         candidates = catalog.candidate_embedding_ids(filters, limit)
         if candidates is not None:  # few: score only their vectors
             if not candidates:

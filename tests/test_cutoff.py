@@ -79,13 +79,16 @@ def test_auto_and_filters_together(holdout):
 
 def test_every_result_carries_its_standing(holdout):
     lib, scenes, absent = holdout
-    res = lib.search(Query.text("a yellow star", k=5))
+    res = lib.search(Query.text("a yellow star", k=5, cutoff="none"))
     for r in res:
         d = r.to_dict()
         assert {"rank", "score", "path", "id"} <= set(d)  # the old fields keep their names
         assert d["z"] is not None and d["percentile"] is not None and d["gap"] is not None
         assert 90.0 <= d["percentile"] <= 100.0 and d["z"] > 1.5
     assert res[0].min_gap is None  # cutoff="none": nothing was asked of it
+    auto = lib.search(Query.text("a yellow star", k=5))  # the default
+    assert auto and auto[0].min_gap == pytest.approx(cutoff.min_gap(cutoff.model_logit_scale("shapes")))
+    assert [r.path for r in lib.search("a yellow star", k=5)] == [r.path for r in res]  # the plain form: no cut-off
 
 
 def test_standing_arithmetic():

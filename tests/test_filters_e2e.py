@@ -63,7 +63,7 @@ def library(photos, tmp_path_factory):
 
 def test_filters_return_only_matching_files_and_still_k_of_them(library, photos):
     lib = library
-    everything = lib.search(Query.text("a green triangle", k=N))
+    everything = lib.search(Query.text("a green triangle", k=N, cutoff="none"))
     assert len(everything) == N
     cases = {
         "png": (Filters(formats=("png",)), lambda r: r.path.endswith(".png")),
@@ -81,7 +81,7 @@ def test_filters_return_only_matching_files_and_still_k_of_them(library, photos)
         matching = [r for r in everything if ok(r)]
         assert 3 <= len(matching) < N, name
         for k in (1, 3, len(matching), len(matching) + 5):
-            got = lib.search(Query.text("a green triangle", k=k, filters=f))
+            got = lib.search(Query.text("a green triangle", k=k, filters=f, cutoff="none"))
             # exactly the best k of the matching files, in the unfiltered ranking's order
             assert [r.path for r in got] == [r.path for r in matching[:k]], (name, k)
 
@@ -123,11 +123,11 @@ def test_an_old_library_fills_in_dates_on_its_next_run_without_embedding(library
         assert con.execute("SELECT count(*) FROM files WHERE taken_at IS NOT NULL OR meta_version IS NOT NULL"
                            ).fetchone() == (0,)
         f = Filters(taken_after=calendar.timegm((2000, 1, 1, 0, 0, 0)))
-        assert lib.search(Query.text("a star", k=5, filters=f)) == []  # no dates known yet
+        assert lib.search(Query.text("a star", k=5, filters=f, cutoff="none")) == []  # no dates known yet
         report = lib.index([photos])
         assert report.embedded == 0 and report.unchanged == N and report.added == report.updated == 0
         assert not report.skipped
-        dated = lib.search(Query.text("a star", k=N, filters=f))
+        dated = lib.search(Query.text("a star", k=N, filters=f, cutoff="none"))
         assert len(dated) == sum(taken_of(i) is not None for i in range(N))
         again = lib.index([photos])  # and once read, never again
         assert again.embedded == 0 and again.unchanged == N and again.batches == 0
