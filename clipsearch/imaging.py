@@ -362,3 +362,74 @@ def to_rgb(im):
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")
     return im.convert("RGB")
+
+
+# -- what search filters and sorts on: read from the header only ------------------------------------
+META_VERSION = 1  # files.meta_version of a row whose header was read by this code
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL, _DATETIME_DIGITIZED = 36867, 36868
+
+
+@dataclass(frozen=True)
+class PhotoMeta:
+    """The file format (lower case, filters.FORMATS spelling) and the photo's own date (EXIF
+    DateTimeOriginal, else DateTimeDigitized: the camera's wall clock as seconds since the epoch, read
+    as UTC), or None where the header does not say; size is the stored (width, height), as decode gives it."""
+
+    format: str | None = None
+    taken_at: float | None = None
+    size: tuple[int, int] | None = None
+
+
+def photo_meta(source) -> PhotoMeta:
+    """Format and EXIF date of an image, from bytes or a binary file object; Pillow parses the header
+    only (no pixels are decoded). Never raises: what cannot be read is None."""
+    from PIL import Image
+
+    from .filters import normalise_format, parse_exif_datetime
+
+    global _plugins_registered
+    if not _plugins_registered:
+        _plugins_registered = True
+        register_plugins()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source) as im:
+                fmt = normalise_format(im.format) if im.format else None
+                size = tuple(im.size)
+                # PNG: only an eXIf chunk before the pixels (getexif() would decode the image to find a later one)
+                raw = im.info.get("exif")
+                if raw:
+                    exif = Image.Exif()
+                    exif.load(raw)
+                elif im.format == "PNG":
+                    exif = None
+                else:
+                    exif = im.getexif()
+                taken = None
+                if exif is not None:
+                    ifd = exif.get_ifd(_EXIF_IFD)
+                    for tag in (_DATETIME_ORIGINAL, _DATETIME_DIGITIZED):
+                        taken = parse_exif_datetime(ifd.get(tag, exif.get(tag)))
+                        if taken is not None:
+                            break
+    except Exception:  # a header Pillow cannot parse says nothing; the file's pixels are judged elsewhere
+        return PhotoMeta()
+    return PhotoMeta(fmt, taken, size)
+
+
+def read_photo_meta(entry: Entry) -> PhotoMeta:
+    """photo_meta of a file on disk, reading only as much of it as its header takes (for a library
+    indexed before the header was recorded: its unchanged files are not read whole or decoded)."""
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | (0 if entry.follow else getattr(os, "O_NOFOLLOW", 0)))
+    except OSError:
+        return PhotoMeta()
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return PhotoMeta()
+        except OSError:
+            return PhotoMeta()
+        return photo_meta(f)

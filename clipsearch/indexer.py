@@ -72,6 +72,8 @@ class _Item:
     retry: bool = False  # changed or vanished during the run: store nothing now, look again next run
     vanished: bool = False
     warning: str | None = None
+    meta: imaging.PhotoMeta | None = None  # format and EXIF date, from the header
+    meta_only: bool = False  # unchanged, indexed before headers were recorded: read the header, nothing else
 
 
 class Indexer:
@@ -103,9 +105,15 @@ class Indexer:
 
     def _prepare(self, item: _Item) -> _Item:
         """Worker: read the bytes once, hash them, and decode only when the content is new."""
+        if item.meta_only:
+            item.meta = imaging.read_photo_meta(item.entry)
+            if item.meta.size is None:  # keeps its row as it is; looked at again next run
+                item.error, item.retry = "cannot read its header now; it stays indexed, and is read on the next run", True
+            return item
         try:
             data = imaging.read_file(item.entry)
             item.content_hash = imaging.content_hash(data)
+            item.meta = imaging.photo_meta(data)
             if self._known(item.content_hash):
                 return item
             image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft,
@@ -210,6 +218,9 @@ class Indexer:
                 if (row is not None and row.status in ("ok", "failed") and row.size == e.size
                         and row.mtime_ns == e.mtime_ns and row.ino == e.ino
                         and (row.ctime_ns is None or e.ctime_ns is None or row.ctime_ns == e.ctime_ns)):
+                    if row.status == "ok" and row.meta_version is None:  # its header was never recorded
+                        out.append(_Item(e, is_new=False, row_id=row.id, meta_only=True, content_hash=row.content_hash))
+                        continue
                     seen.append(row.id)
                     report.unchanged += 1
                 else:
@@ -256,8 +267,10 @@ class Indexer:
             e = it.entry
             rec = Record(path=e.path, size=e.size, mtime_ns=e.mtime_ns, ino=e.ino, content_hash=it.content_hash,
                          error=it.error, ctime_ns=e.ctime_ns)
-            if it.size:
-                rec.width, rec.height = it.size
+            if it.size or (it.meta is not None and it.meta.size):  # decoded, else from the header (copies, backfills)
+                rec.width, rec.height = it.size or it.meta.size
+            if it.meta is not None:
+                rec.taken_at, rec.format, rec.meta_version = it.meta.taken_at, it.meta.format, imaging.META_VERSION
             if it.error is None and it.content_hash in by_hash:
                 v = vectors[by_hash[it.content_hash]]
                 if not np.all(np.isfinite(v)) or not np.isclose(np.linalg.norm(v), 1.0, atol=1e-3):
@@ -274,6 +287,9 @@ class Indexer:
                 continue
             if it.warning:
                 report.warnings.append(Skipped(os.fsdecode(it.entry.path), it.warning))
+            if it.meta_only:
+                report.unchanged += 1
+                continue
             if it.is_new:
                 report.added += 1
             else:

@@ -117,7 +117,7 @@ class Query:
     terms: tuple[Term, ...]
     k: int = 10
     min_score: float | None = None
-    cutoff: str = "none"
+    cutoff: str = "auto"  # cutoff.py; measured by benchmarks/cutoff.py (README: "The cut-off")
     filters: Filters = field(default_factory=Filters)
     sort: str = "score"
     include_self: bool = False

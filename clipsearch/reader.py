@@ -172,8 +172,9 @@ class Reader:
         if not isinstance(query, Query):
             if (query is None) == (image is None):
                 raise ConfigError("search takes a text or an image=, not both or neither")
-            query = (Query.text(query, k=k, min_score=min_score, include_self=True) if image is None
-                     else Query.image(os.fspath(image), k=k, min_score=min_score, include_self=True))
+            # the convenience form keeps what it always did: the k best (pass a Query for cutoff="auto")
+            query = (Query.text(query, k=k, min_score=min_score, include_self=True, cutoff="none") if image is None
+                     else Query.image(os.fspath(image), k=k, min_score=min_score, include_self=True, cutoff="none"))
         query.validate()
         if self._current() is None:
             with self._index_lock.write():

@@ -1,8 +1,14 @@
-"""Executing a Query: terms -> one unit query vector -> the cache's best ids -> live files -> Results.
+"""Executing a Query: terms -> one unit query vector -> candidates (filters) -> the best ids -> live files -> Results.
 
 Nothing here loads a model or opens a file by itself: the caller (reader.py) passes a `Sources` object
 that embeds texts and image files and finds stored vectors, so the same pipeline serves the CLI, the
 Python API and the web page.
+
+Filters are applied before ranking: the catalog selects the candidates in SQL (store/filtering.py).
+When they are few (at most 1/32 of the index, and at most SUBSET_MAX) only their vectors are
+scored (VectorIndex.search_subset); when they are many, the whole index is scanned and the best ids are
+checked against the filter in SQL, a widening window at a time. Then the cut-off (cutoff.py) and the
+sort: `sort` reorders the results that passed the cut-off, never which ones they are.
 """
 
 from __future__ import annotations
@@ -13,10 +19,17 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .cutoff import Standing, min_gap, model_logit_scale
 from .errors import ConfigError, IntegrityError
-from .query import Query, apply_template
-from .store import Catalog
+from .filters import check_filters, local_iso, wall_clock_iso
+from .query import Filters, Query, apply_template
+from .store import Catalog, FileInfo
 from .vector_index import VectorIndex
+
+# a filter leaving at most ntotal / SUBSET_FRACTION candidates (and at most SUBSET_MAX) scores only theirs; with more,
+# reading their ids from SQL costs more than scanning every vector (benchmarks/filters.py)
+SUBSET_FRACTION = 32
+SUBSET_MAX = 50_000
 
 
 @dataclass(frozen=True)
@@ -25,9 +38,28 @@ class Result:
     score: float  # cosine similarity between the query and the image
     path: str  # absolute; names that are not UTF-8 keep their bytes through os.fsdecode
     embedding_id: int
+    # where the score stands among the query's scores over the library (cutoff.py)
+    z: float | None = None
+    percentile: float | None = None
+    gap: float | None = None  # score - the query's floor
+    min_gap: float | None = None  # the gap cutoff="auto" asked for (None: no cut-off was applied)
+    # the file
+    taken: str | None = None  # the photo's own date (EXIF), the camera's wall clock, ISO 8601 without a zone
+    modified: str | None = None  # the file's modification time, ISO 8601 with this machine's offset
+    date_source: str | None = None  # what sort="date" orders this result by: "taken", else "modified"
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "score": self.score, "path": self.path, "id": self.embedding_id}
+        return {"rank": self.rank, "score": self.score, "path": self.path, "id": self.embedding_id,
+                "z": _round(self.z, 3), "percentile": _round(self.percentile, 2), "gap": _round(self.gap, 4),
+                "min_gap": _round(self.min_gap, 4), "taken": self.taken, "modified": self.modified,
+                "date_source": self.date_source, "format": self.format, "width": self.width, "height": self.height}
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(float(x), digits)
 
 
 class Sources(Protocol):
@@ -103,33 +135,88 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
 
 
 def execute(query: Query, index: VectorIndex, catalog: Catalog, sources: Sources) -> list[Result]:
+    query.validate()
+    filters = check_filters(query.filters) if query.filters.active else None  # before any model is loaded
     p = plan(query, sources)
     exclude = frozenset() if query.include_self else p.examples
-    return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score)
+    logit_scale = model_logit_scale(catalog.get_meta("model")) if query.cutoff == "auto" else None
+    return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score,
+                filters=filters, cutoff=query.cutoff, sort=query.sort, logit_scale=logit_scale)
 
 
 def rank(index: VectorIndex, catalog: Catalog, query: np.ndarray, k: int, *,
-         exclude_paths: frozenset[bytes] = frozenset(), min_score: float | None = None) -> list[Result]:
-    """The k best live files for a unit query vector, best first; copies of one image share its score.
+         exclude_paths: frozenset[bytes] = frozenset(), min_score: float | None = None,
+         filters: Filters | None = None, cutoff: str = "none", sort: str = "score",
+         logit_scale: float | None = None) -> list[Result]:
+    """The k best live files for a unit query vector that pass `filters` (checked by filters.check_filters),
+    best first, then cut (min_score, cutoff) and sorted; copies of one image share its score.
 
     The catalog is the authority: ids whose files were deleted since the cache was caught up are
-    dropped, and the search widens until k files are found or the index is exhausted.
+    dropped, and the search widens until k files are found or the candidates are exhausted.
     """
-    want = k + len(exclude_paths)
-    fetch = min(index.ntotal, max(2 * want, want + 16))
+    standing = Standing.of(index.sample_scores(query))
+    floor, need = min_score, None
+    if cutoff == "auto" and standing.judgeable:
+        need = min_gap(logit_scale)
+        floor = standing.floor + need if floor is None else max(floor, standing.floor + need)
+    hits = _best(index, catalog, query, k, exclude_paths, floor, filters)
+    if sort == "date":
+        hits.sort(key=_date_key)
+    elif sort == "path":
+        hits.sort(key=lambda h: h[2].path)
+    elif sort != "score":
+        raise ConfigError(f"unknown sort {sort!r}")
+    return [_result(i + 1, score, eid, info, standing, need) for i, (score, eid, info) in enumerate(hits)]
+
+
+def _best(index: VectorIndex, catalog: Catalog, q: np.ndarray, k: int, exclude: frozenset[bytes],
+          floor: float | None, filters: Filters | None) -> list[tuple[float, int, FileInfo]]:
+    want = k + len(exclude)
+    search, total = index.search, index.ntotal
+    if filters is not None:
+        limit = max(want, min(SUBSET_MAX, index.ntotal // SUBSET_FRACTION))
+        candidates = catalog.candidate_embedding_ids(filters, limit)
+        if candidates is not None:  # few: score only their vectors
+            if not candidates:
+                return []
+            total = len(candidates)
+
+            def search(qv, n):
+                return index.search_subset(qv, n, candidates)
+    fetch = min(total, max(2 * want, want + 16))
+    infos: dict[int, list[FileInfo]] = {}
     while True:
-        scores, ids = index.search(query, fetch)
-        files = catalog.files_for_embeddings(ids.tolist())
-        out: list[Result] = []
+        scores, ids = search(q, fetch)
+        new = [int(i) for i in ids.tolist() if int(i) not in infos]
+        if new:
+            found = catalog.file_infos(new, filters)
+            infos.update({i: found.get(i, []) for i in new})
+        out: list[tuple[float, int, FileInfo]] = []
         for score, eid in zip(scores.tolist(), ids.tolist()):
-            if min_score is not None and score < min_score:
+            if floor is not None and score < floor:
                 return out
-            for path in files.get(eid, ()):
-                if path in exclude_paths:
+            for info in infos[int(eid)]:
+                if info.path in exclude:
                     continue
-                out.append(Result(len(out) + 1, float(score), os.fsdecode(path), int(eid)))
+                out.append((float(score), int(eid), info))
                 if len(out) == k:
                     return out
-        if fetch >= index.ntotal:
+        if fetch >= total:
             return out
-        fetch = min(index.ntotal, fetch * 4)
+        fetch = min(total, fetch * 4)
+
+
+def _result(rank: int, score: float, eid: int, info: FileInfo, standing: Standing, need: float | None) -> Result:
+    return Result(rank, score, os.fsdecode(info.path), eid, z=standing.z(score), percentile=standing.percentile(score),
+                  gap=standing.gap(score) if standing.n else None, min_gap=need,
+                  taken=wall_clock_iso(info.taken_at), modified=local_iso(info.mtime_ns),
+                  date_source="taken" if info.taken_at is not None else "modified" if info.mtime_ns is not None
+                  else None, format=info.format, width=info.width, height=info.height)
+
+
+def _date_key(hit: tuple[float, int, FileInfo]) -> tuple:
+    """Newest first by the photo's own date, else the file's modification time; undated last; ties by score.
+    (A taken date is the camera's wall clock read as UTC, so it may sit hours off a modification time.)"""
+    score, _, info = hit
+    when = info.taken_at if info.taken_at is not None else info.mtime_ns / 1e9 if info.mtime_ns is not None else None
+    return (1, 0.0, -score) if when is None else (0, -when, -score)

@@ -30,6 +30,7 @@ MAGIC = b"CLPSFAI1"
 FORMAT = 1
 INDEX_NAME = "index.faiss"
 SHORTLIST_MIN = 20_000  # vectors from which a search first scans a float16 copy (VectorIndex._shortlist)
+SAMPLE_MAX = 8192  # rows a query's score distribution is measured on (VectorIndex.sample_scores)
 
 
 def _faiss():
@@ -60,6 +61,8 @@ class VectorIndex:
         self._coarse = None  # (float16 index, longest vector's norm) for the search shortlist, made on first use
         self._coarse_lock = threading.Lock()
         self._searches = 0
+        self._id_order = None  # (sorted ids, their rows) for search_subset, made on first use
+        self._sample = None  # a copy of SAMPLE_MAX evenly spaced rows for sample_scores, made on first use
 
     @property
     def ntotal(self) -> int:
@@ -74,13 +77,13 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.remove(ids)  # idempotent: adding an id twice replaces it
         self.index.add_with_ids(vectors, ids)
-        self._coarse = None
+        self._coarse = self._id_order = self._sample = None
 
     def remove(self, ids: np.ndarray) -> None:
         if len(ids) == 0 or self.ntotal == 0:
             return
         self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        self._coarse = None
+        self._coarse = self._id_order = self._sample = None
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top k (scores, ids) for one query vector, FAISS's -1 padding dropped; exact, best first."""
@@ -112,8 +115,72 @@ class VectorIndex:
             with query_threads():  # memory bound: a second core helps only when it is idle (_blas.py)
                 scores = matrix @ q[0]
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return scores[top], id_map[rows[top]].astype(np.int64)
+        return _exact_top(matrix, rows[top], q[0], id_map)
+
+    def search_subset(self, query: np.ndarray, k: int, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Top k (scores, ids) among `ids` only, best first: only their rows are read and scored (a filter that
+        leaves few candidates costs their vectors, not the whole index). The scores are the same inner
+        products as `search`'s; ids that are not in the index are left out."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ValueError(f"query has dimension {q.shape[0]}, the index {self.dim}")
+        rows = self.rows_of(ids)
+        if k <= 0 or len(rows) == 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        view = self._flat_view()
+        if view is None:
+            vectors = self.vectors()
+            id_map = self.ids()
+        else:
+            vectors, id_map = view
+        from ._blas import query_threads
+
+        with query_threads():
+            scores = vectors[rows] @ q
+        k = min(k, len(rows))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        return _exact_top(vectors, rows[top], q, id_map)
+
+    def rows_of(self, ids) -> np.ndarray:
+        """The index rows holding these ids (distinct, in no particular order); unknown ids are skipped."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if len(ids) == 0 or self.ntotal == 0:
+            return np.empty(0, np.int64)
+        sorted_ids, rows = self._id_rows()
+        at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return rows[at[sorted_ids[at] == ids]]
+
+    def _id_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The index's ids sorted, with the row of each: built once per change (threads share it)."""
+        with self._coarse_lock:
+            if self._id_order is None or len(self._id_order[0]) != self.ntotal:
+                id_map = self.ids()
+                order = np.argsort(id_map, kind="stable")
+                self._id_order = (id_map[order], order.astype(np.int64))
+            return self._id_order
+
+    def sample_scores(self, query: np.ndarray) -> np.ndarray:
+        """The query's scores against every vector, or against SAMPLE_MAX evenly spaced rows when there are more:
+        the distribution a result is judged against (cutoff.py). Deterministic for a given index."""
+        from ._blas import query_threads
+
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        if self.ntotal == 0:
+            return np.empty(0, np.float32)
+        sample = self._sample_rows()
+        with query_threads():  # a product of 8192 x dim: threads that spin help no one on a busy machine
+            return sample @ q
+
+    def _sample_rows(self) -> np.ndarray:
+        """A contiguous copy of the sampled rows (a strided view's product ran 10x slower), once per change."""
+        with self._coarse_lock:
+            if self._sample is None or self._sample[0] != self.ntotal:
+                view = self._flat_view()
+                matrix = view[0] if view is not None else self.vectors()
+                n = len(matrix)
+                rows = np.linspace(0, n - 1, min(n, SAMPLE_MAX)).round().astype(np.int64)
+                self._sample = (self.ntotal, np.ascontiguousarray(matrix[rows]))
+            return self._sample[1]
 
     def _shortlist(self, matrix: np.ndarray, q: np.ndarray, k: int) -> np.ndarray | None:
         """Rows that surely hold the exact top k, found through a float16 copy of the vectors.
@@ -214,6 +281,15 @@ class VectorIndex:
 
 
 _CHUNK = 1 << 22  # bytes per read of the cache file
+
+
+def _exact_top(matrix: np.ndarray, rows: np.ndarray, q: np.ndarray, id_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen rows' scores recomputed one way whatever found them, best first: float64 products rounded to
+    float32. A BLAS float32 product's last bit depends on the matrix's shape (which kernel gets the row), so the
+    full scan, the shortlist and search_subset would otherwise report a row's score differently."""
+    scores = (matrix[rows].astype(np.float64) @ q.astype(np.float64)).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], id_map[rows[order]].astype(np.int64)
 
 
 def _one_thread_search(faiss, index, q: np.ndarray, m: int):

@@ -48,7 +48,7 @@ def test_threads_share_one_reader_while_another_process_indexes(tmp_path, tiny_m
         try:
             while not stop.is_set():
                 text = ["a red circle", "a probe", "two blue squares"][int(rng.integers(3))]
-                res = reader.search(Query.text(text, k=200))
+                res = reader.search(Query.text(text, k=200, cutoff="none"))  # a random model: no cut-off
                 scores = [r.score for r in res]
                 assert scores == sorted(scores, reverse=True)
                 assert {r.path for r in res} <= known

@@ -6,11 +6,11 @@ schema upgrades, sqlite.py the few lines only SQLite understands.
 
 from .catalog import DB_NAME, Catalog, backend_for
 from .migrate import SCHEMA_HEAD, head_revision, migrate, migrations_dir
-from .schema import (FileRow, Record, blob_to_vector, dumps, embeddings_table, files_table, meta_table, metadata,
+from .schema import (FileInfo, FileRow, Record, blob_to_vector, dumps, embeddings_table, files_table, meta_table, metadata,
                      roots_table, vector_to_blob)
 from .sqlite import APPLICATION_ID, SqliteBackend
 
-__all__ = ["APPLICATION_ID", "DB_NAME", "SCHEMA_HEAD", "Catalog", "FileRow", "Record", "SqliteBackend", "backend_for",
+__all__ = ["APPLICATION_ID", "DB_NAME", "SCHEMA_HEAD", "Catalog", "FileInfo", "FileRow", "Record", "SqliteBackend", "backend_for",
            "blob_to_vector", "dumps", "embeddings_table", "files_table", "head_revision", "meta_table", "metadata",
            "DRIVER_ERRORS", "migrate", "migrations_dir", "roots_table", "vector_to_blob"]
 

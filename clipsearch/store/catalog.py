@@ -19,8 +19,11 @@ import sqlalchemy as sa
 
 from .. import _crashpoints
 from ..errors import IntegrityError
+from .filtering import filter_conditions as _filter_conditions
+from .filtering import prefix_range as _prefix_range
 from .migrate import migrate
-from .schema import FileRow, Record, blob_to_vector, embeddings_table, files_table, meta_table, roots_table, vector_to_blob
+from .schema import (FileInfo, FileRow, Record, blob_to_vector, embeddings_table, files_table, meta_table,
+                     roots_table, vector_to_blob)
 from .sqlite import SqliteBackend
 
 DB_NAME = "library.db"
@@ -28,6 +31,13 @@ DB_NAME = "library.db"
 # built once: SQLAlchemy caches the compiled form, so the per-query lookup costs no statement building
 _FILES_FOR_EMBEDDINGS = (
     sa.select(files_table.c.embedding_id, files_table.c.path)
+    .where(files_table.c.status == "ok", files_table.c.embedding_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(files_table.c.path)
+)
+_FILE_INFO = (files_table.c.embedding_id, files_table.c.path, files_table.c.mtime_ns, files_table.c.taken_at,
+              files_table.c.format, files_table.c.width, files_table.c.height)
+_INFO_FOR_EMBEDDINGS = (
+    sa.select(*_FILE_INFO)
     .where(files_table.c.status == "ok", files_table.c.embedding_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(files_table.c.path)
 )
@@ -157,7 +167,7 @@ class Catalog:
                     sa.select(
                         files_table.c.id, files_table.c.path, files_table.c.size, files_table.c.mtime_ns,
                         files_table.c.ino, files_table.c.content_hash, files_table.c.embedding_id,
-                        files_table.c.status, files_table.c.error, files_table.c.ctime_ns,
+                        files_table.c.status, files_table.c.error, files_table.c.ctime_ns, files_table.c.meta_version,
                     ).where(files_table.c.path.in_(chunk))
                 )
                 for r in rows:
@@ -210,7 +220,7 @@ class Catalog:
                     content_hash=rec.content_hash, embedding_id=emb_id,
                     status="ok" if rec.error is None else "failed", error=rec.error,
                     width=rec.width, height=rec.height, seq=seq, seen_scan=scan, indexed_at=now,
-                    ctime_ns=rec.ctime_ns,
+                    ctime_ns=rec.ctime_ns, taken_at=rec.taken_at, format=rec.format, meta_version=rec.meta_version,
                 )
                 if old is None:
                     conn.execute(files_table.insert().values(**values))
@@ -288,6 +298,41 @@ class Catalog:
         """Whether this content is embedded already (safe to call from many threads at once)."""
         with self._reader.connect() as conn:
             return conn.execute(_HAS_EMBEDDING, {"h": content_hash}).first() is not None
+
+    # -- filters (applied before ranking) ------------------------------------------------------------
+    def candidate_embedding_ids(self, filters, limit: int) -> list[int] | None:
+        """The embedding ids of live files that pass `filters` (a checked query.Filters), or None when there
+        are more than `limit` of them (the caller then scans every vector and checks the best ones)."""
+        conds, glob = _filter_conditions(filters, self.backend.path_text)
+        with self.read() as conn:
+            if glob is None:
+                q = sa.select(files_table.c.embedding_id).where(*conds).distinct().limit(limit + 1)
+                ids = [r[0] for r in conn.execute(q)]
+            else:
+                q = sa.select(files_table.c.embedding_id, files_table.c.path).where(*conds).limit(limit + 1)
+                rows = conn.execute(q).all()
+                if len(rows) > limit:
+                    return None
+                ids = list(dict.fromkeys(e for e, p in rows if glob.matches(p)))
+        return None if len(ids) > limit else ids
+
+    def file_infos(self, ids: Sequence[int], filters=None) -> dict[int, list[FileInfo]]:
+        """The live files (passing `filters`, when given) of these embeddings, path order, with what a
+        result shows and sorts by."""
+        out: dict[int, list[FileInfo]] = {}
+        glob = None
+        if filters is not None:
+            conds, glob = _filter_conditions(filters, self.backend.path_text)
+            stmt = sa.select(*_FILE_INFO).where(*conds, files_table.c.embedding_id.in_(
+                sa.bindparam("ids", expanding=True))).order_by(files_table.c.path)
+        else:
+            stmt = _INFO_FOR_EMBEDDINGS
+        with self.read() as conn:
+            for chunk in _chunks([int(i) for i in ids], 500):
+                for row in conn.execute(stmt, {"ids": chunk}):
+                    if glob is None or glob.matches(row.path):
+                        out.setdefault(row.embedding_id, []).append(FileInfo(*row[1:]))
+        return out
 
     def embedding_by_hash(self, content_hash: str) -> tuple[int, np.ndarray] | None:
         """The live embedding of this content, when the library has one."""
@@ -369,12 +414,6 @@ def _stack(rows, dim: int) -> tuple[np.ndarray, np.ndarray]:
             raise IntegrityError(f"embedding {r[0]} has dimension {v.shape[0]}, the library's is {dim}")
         vecs[i] = v
     return ids, vecs
-
-
-def _prefix_range(root: bytes) -> tuple[bytes, bytes]:
-    """The byte range of paths strictly inside directory `root`."""
-    base = root.rstrip(b"/") + b"/"
-    return base, base[:-1] + b"0"  # '0' is the byte after '/'
 
 
 def _get_meta(conn, key: str) -> str | None:

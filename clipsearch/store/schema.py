@@ -7,7 +7,10 @@ Tables (created by the Alembic migrations in migrations/, applied when a library
               file with status 'ok' refers to it; `seq` is the commit that last changed the row.
               Its id is the FAISS id; ids are never reused.
   files       one row per path seen: status 'ok' | 'failed' | 'deleted', stat fields for change
-              detection, the content hash and the embedding it uses.
+              detection, the content hash and the embedding it uses, and what search filters on: size
+              in pixels, the format and the photo's own date (taken_at, EXIF DateTimeOriginal: the
+              camera's wall clock read as UTC, in seconds since the epoch); meta_version NULL means
+              the image header was never read (a library from before schema 0003).
 Paths are stored as bytes (os.fsencode), so names that are not UTF-8 round-trip exactly. Vectors are
 little-endian float32 blobs.
 """
@@ -62,7 +65,15 @@ files_table = sa.Table(
     sa.Column("seen_scan", sa.Integer),
     sa.Column("indexed_at", sa.Float),
     sa.Column("ctime_ns", sa.Integer),  # schema 0002
+    sa.Column("taken_at", sa.Float),  # schema 0003
+    sa.Column("format", sa.Text),  # schema 0003
+    sa.Column("meta_version", sa.Integer),  # schema 0003
+    sa.Index("ix_files_taken_at", "taken_at"),
+    sa.Index("ix_files_mtime_ns", "mtime_ns"),
+    sa.Index("ix_files_format", "format"),
 )
+PIXELS = files_table.c.width * files_table.c.height  # the expression ix_files_pixels indexes: filters use this one
+sa.Index("ix_files_pixels", PIXELS)
 
 
 def vector_to_blob(v: np.ndarray) -> bytes:
@@ -85,6 +96,19 @@ class FileRow:
     status: str
     error: str | None
     ctime_ns: int | None = None
+    meta_version: int | None = None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What a search result shows about its file (and sorts by)."""
+
+    path: bytes
+    mtime_ns: int | None
+    taken_at: float | None
+    format: str | None
+    width: int | None
+    height: int | None
 
 
 @dataclass
@@ -101,6 +125,9 @@ class Record:
     width: int | None = None
     height: int | None = None
     ctime_ns: int | None = None
+    taken_at: float | None = None  # the photo's own date (imaging.PhotoMeta)
+    format: str | None = None
+    meta_version: int | None = None  # set when the header was read (imaging.META_VERSION)
 
 
 def dumps(obj) -> str:

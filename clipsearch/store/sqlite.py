@@ -74,6 +74,11 @@ class SqliteBackend:
 
         return engine
 
+    def path_text(self, column):
+        """A bytes column read as text, for LIKE: SQLite's LIKE never matches a BLOB, and CAST reads its bytes as
+        UTF-8 text."""
+        return sa.cast(column, sa.Text)
+
     def upsert(self, table: sa.Table, values: dict, keys: list[str]):
         stmt = _insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=keys, set_={k: v for k, v in values.items() if k not in keys})
