@@ -316,7 +316,11 @@ def query(text, and_texts, not_texts, images, not_images, likes, unlikes, includ
         click.echo(_nothing_found(q), err=True)
         return
     for r in results:
-        echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")
+        if q.sort == "date":  # when the photo was taken (else the file's modification time, marked "file")
+            when = r.taken or (f"{r.modified[:19]} file" if r.modified else "-")
+            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {when.replace('T', ' ')[:24]:<24}  {r.path}")
+        else:
+            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")
 
 
 @cli.command()
