@@ -228,11 +228,13 @@ _FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "tif": "tiff"}
 
 
 def _nothing_found(query) -> str:
-    if query.min_score is not None or query.cutoff != "none":
+    from .search import effective_cutoff
+
+    if query.filters.active:
+        return "no image passes the filters (or none of those matches well enough)"
+    if query.min_score is not None or effective_cutoff(query) != "none":
         hint = "lower --min-score" if query.min_score is not None else "--cutoff none"
         return f"no image matches well enough (try {hint} to see the closest ones)"
-    if query.filters.active:
-        return "no image passes the filters"
     return "no image matches"
 
 

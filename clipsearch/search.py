@@ -139,9 +139,20 @@ def execute(query: Query, index: VectorIndex, catalog: Catalog, sources: Sources
     filters = check_filters(query.filters) if query.filters.active else None  # before any model is loaded
     p = plan(query, sources)
     exclude = frozenset() if query.include_self else p.examples
-    logit_scale = model_logit_scale(catalog.get_meta("model")) if query.cutoff == "auto" else None
+    cutoff = effective_cutoff(query)
+    logit_scale = model_logit_scale(catalog.get_meta("model")) if cutoff == "auto" else None
     return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score,
-                filters=filters, cutoff=query.cutoff, sort=query.sort, logit_scale=logit_scale)
+                filters=filters, cutoff=cutoff, sort=query.sort, logit_scale=logit_scale)
+
+
+def effective_cutoff(query: Query) -> str:
+    """`auto` judges queries of one text term: that is what it was calibrated and measured on (benchmarks/cutoff.py).
+    A query with an example image or an indexed image compares pictures with pictures, whose scores crowd
+    together far higher (0.9 and up on the demo model), and a sum of several terms (negative ones above all)
+    moves the score distribution by an amount nobody measured, so neither is cut; `min_score` still applies."""
+    if query.cutoff == "auto" and (len(query.terms) != 1 or query.terms[0].kind != "text"):
+        return "none"
+    return query.cutoff
 
 
 def rank(index: VectorIndex, catalog: Catalog, query: np.ndarray, k: int, *,

@@ -60,6 +60,9 @@ def shapes_lib(tmp_path_factory):
 
 
 def query_json(lib_dir: Path, *args: str) -> list[dict]:
+    """The ranking itself: `--cutoff none` unless a test asks for a cut-off (tests/test_cutoff.py measures it)."""
+    if "--cutoff" not in args:
+        args = (*args, "--cutoff", "none")
     res = CliRunner().invoke(cli, ["query", *args, "--library", str(lib_dir), "--json"])
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)
@@ -74,6 +77,8 @@ def pairs(scenes: dict, row: dict) -> set[tuple[str, str]]:
 
 def run_without_torch(*args: str) -> tuple[list[dict], bool]:
     """`clipsearch query ... --json` in a fresh process; returns its results and whether torch was imported."""
+    if "--cutoff" not in args:
+        args = (*args, "--cutoff", "none")
     code = ("import sys, io, contextlib\n"
             "from clipsearch.cli import main\n"
             "sys.argv = ['clipsearch', 'query', *sys.argv[1:], '--json']\n"
