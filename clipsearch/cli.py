@@ -132,6 +132,16 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
             if kind == "found":
                 bar.total += n
                 bar.refresh()
+            elif kind == "loading-model":  # from a decode thread, once: the first file whose content is new
+                if not quiet:
+                    from .encoders import parse_model_spec
+
+                    try:
+                        remote = parse_model_spec(lib.model_name).kind in ("pretrained", "hf-hub")
+                    except ClipSearchError:  # the load itself says what is wrong
+                        remote = False
+                    bar.write(f"loading model {lib.model_name}" + (" (first use may download it)" if remote else ""),
+                              file=sys.stderr)
             else:
                 bar.update(n)
 

@@ -323,7 +323,9 @@ def test_config_file_precedence(tmp_path, photos, tiny_model):
     cfg.write_text(f'library = "{lib_a}"\n[index]\nmodel = "{tiny_model}"\nbatch-size = 3\n[query]\nlimit = 2\n')
     env = {"CLIPSEARCH_CONFIG": str(cfg)}
     out = json.loads(run_cli("index", str(photos), "-q", "--json", env=env, check=True).stdout)
-    assert out["batches"] == 4  # 10 images in batches of 3, from the file
+    # 10 images in batches of 3, from the file: 3, 3, 3, 1 whatever the decode threads' timing (batches are full but
+    # the last; tests/test_indexer_batching.py forces the timings; a held-back full batch once got the 10th: 3, 3, 4)
+    assert out["batches"] == 4
     assert len(json.loads(run_cli("query", "x", "--json", env=env, check=True).stdout)) == 2
 
     runner = CliRunner()
