@@ -72,6 +72,7 @@ class _Item:
     retry: bool = False  # changed or vanished during the run: store nothing now, look again next run
     vanished: bool = False
     warning: str | None = None
+    data: bytes | None = None  # new content read before the model was loaded: decoded once it is
 
 
 def _failed(item: _Item, e: Exception) -> _Item:
@@ -87,9 +88,11 @@ def _failed(item: _Item, e: Exception) -> _Item:
 
 
 class Indexer:
-    """`load_encoder` is a zero-argument callable returning the model. It is called at most once, the first
-    time a file's content is new (so a run over unchanged files never loads the model), under a lock so that
-    the decode threads that need it wait for the one load."""
+    """`load_encoder` is a zero-argument callable returning the model. It is called at most once, in the main
+    thread, the first time a file's content is new, so a run over unchanged files never loads it. Until then
+    the decode threads read and hash files and hand new content back undecoded (the JPEG draft size and the
+    preprocessing are the model's); the main thread loads the model (a Ctrl-C stops a slow download at once,
+    and on_progress("loading-model", 0) is called before) and sends that content to be decoded."""
 
     def __init__(self, catalog: Catalog, load_encoder: Callable[[], object], *, batch_size: int = 32,
                  workers: int | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
@@ -114,7 +117,7 @@ class Indexer:
         return self._encoder is not None
 
     def encoder(self):
-        """The model, loaded on first use (once, whichever thread asks first; a failed load is not retried)."""
+        """The model, loaded on first use (once; a failed load is raised again, not retried)."""
         encoder = self._encoder
         if encoder is not None:
             return encoder
@@ -133,8 +136,8 @@ class Indexer:
     def _prepare(self, item: _Item) -> _Item:
         """Worker: read the bytes once, hash them, and decode only when the content is new.
 
-        A failure of the file is recorded in the item; a failing database or a model that cannot be loaded
-        is not the file's fault and is raised (to the main thread, by the future), stopping the run."""
+        A failure of the file is recorded in the item; a failing database is not the file's fault and is
+        raised (to the main thread, by the future), stopping the run."""
         try:
             data = imaging.read_file(item.entry)
             item.content_hash = imaging.content_hash(data)
@@ -142,7 +145,13 @@ class Indexer:
             return _failed(item, e)
         if self.catalog.has_embedding(item.content_hash):
             return item
-        encoder = self.encoder()
+        encoder = self._encoder
+        if encoder is None:  # the main thread loads the model, then has this decoded (_with_pixels)
+            item.data = data
+            return item
+        return self._decode(item, data, encoder)
+
+    def _decode(self, item: _Item, data: bytes, encoder) -> _Item:
         try:
             image, item.size = imaging.decode(data, max_pixels=self.max_pixels,
                                               draft=getattr(encoder, "image_size", 224),
@@ -153,6 +162,22 @@ class Indexer:
         except Exception as e:
             return _failed(item, e)
         return item
+
+    def _decode_later(self, item: _Item) -> _Item:
+        data, item.data = item.data, None
+        return self._decode(item, data, self._encoder)
+
+    def _take(self, pending: deque, pool: ThreadPoolExecutor) -> _Item:
+        """The oldest item, decoded: new content read before the model was loaded is decoded now, after
+        loading it (here, in the main thread); what else came back undecoded goes to the workers again."""
+        item = pending.popleft().result()
+        if item.data is None:
+            return item
+        self.encoder()
+        for i, future in enumerate(pending):
+            if future.done() and future.exception() is None and future.result().data is not None:
+                pending[i] = pool.submit(self._decode_later, future.result())
+        return self._decode_later(item)
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, roots: Iterable[Path]) -> IndexReport:
@@ -193,7 +218,7 @@ class Indexer:
                                   scan, report):
             pending.append(pool.submit(self._prepare, item))
             while len(batch) < self.batch_size and pending and (len(pending) >= limit or pending[0].done()):
-                batch.append(pending.popleft().result())
+                batch.append(self._take(pending, pool))
             # a full batch waits until the next one is queued, so the workers decode it while the model runs
             # (committing as soon as the batch filled left them ~2 pictures, and the model then waited for the
             # next batch's decoding: 0.09 s a batch of ~1 MP pictures)
@@ -203,7 +228,7 @@ class Indexer:
         # the walk is over: everything is queued, so a full batch (perhaps held back above) goes at once
         while batch or pending:
             while len(batch) < self.batch_size and pending:
-                batch.append(pending.popleft().result())
+                batch.append(self._take(pending, pool))
             self._commit(batch, root_id, scan, report)
             batch = []
 

@@ -36,6 +36,7 @@ class Script:
         self.taken = 0  # results the indexer has asked for
         self.max_queued = 0  # most submitted items not yet taken into a batch
         self.commits: list[tuple[int, int]] = []  # (batch size, items submitted when it was committed)
+        self.redecoded: list[bytes] = []  # items decoded again after the model was loaded
         self.lock = threading.Lock()
 
     def gate(self, path: bytes) -> threading.Event:
@@ -52,6 +53,9 @@ class Handle:
     def done(self) -> bool:
         return self.future.done()
 
+    def exception(self):
+        return self.future.exception(timeout=WAIT)
+
     def result(self):
         self.script.taken += 1
         self.gate.set()
@@ -66,6 +70,9 @@ def scripted_pool(script: Script):
             super().__init__(64, **kw)
 
         def submit(self, fn, item):
+            if getattr(fn, "__name__", "") != "prepare":  # content read before the model was loaded, sent back
+                script.redecoded.append(item.entry.path)
+                return super().submit(fn, item)
             gate = script.gate(item.entry.path)
             future = super().submit(fn, item)
             i = script.submitted
@@ -82,12 +89,21 @@ def scripted_pool(script: Script):
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    """run(n, batch_size, workers, instant) -> the Script, after indexing n new images."""
+    """run(n, batch_size, workers, instant) -> the Script, after indexing n new images; the model is loaded
+    before the run unless preload=False (then the first new content loads it)."""
     real_prepare = indexer.Indexer._prepare
     real_commit = Catalog.commit_batch
+    real_run = indexer.Indexer.run
 
-    def go(n: int, batch_size: int, workers: int, instant):
+    def go(n: int, batch_size: int, workers: int, instant, preload: bool = True):
         script = Script(instant)
+
+        def run_(self, roots):
+            if preload:
+                self.encoder()
+            return real_run(self, roots)
+
+        monkeypatch.setattr(indexer.Indexer, "run", run_)
 
         def prepare(self, item):
             assert script.gate(item.entry.path).wait(WAIT), "a gate never opened"
@@ -100,10 +116,10 @@ def run(tmp_path, monkeypatch):
         monkeypatch.setattr(indexer.Indexer, "_prepare", prepare)
         monkeypatch.setattr(indexer, "ThreadPoolExecutor", scripted_pool(script))
         monkeypatch.setattr(Catalog, "commit_batch", commit_batch)
-        root = tmp_path / f"photos-{n}-{batch_size}-{workers}"
+        root = tmp_path / f"photos-{n}-{batch_size}-{workers}-{preload}"
         for i in range(n):
             make_image(root / f"{i:03d}.png", 500 + i, size=(8, 8))
-        lib_dir = tmp_path / f"lib-{n}-{batch_size}-{workers}"
+        lib_dir = tmp_path / f"lib-{n}-{batch_size}-{workers}-{preload}"
         with Library.open(lib_dir, encoder=FakeEncoder(), batch_size=batch_size, workers=workers) as lib:
             report = lib.index([root])
         assert report.added == n and report.embedded == n and not report.skipped
@@ -115,6 +131,11 @@ def run(tmp_path, monkeypatch):
         sizes = [seqs.count(s) for s in sorted(set(seqs))]
         assert sizes == [size for size, _ in script.commits]
         assert report.batches == len(script.commits)
+        if preload:
+            assert script.redecoded == []
+        script.vectors = dict(db_rows(lib_dir, "SELECT f.path, e.vector FROM files f JOIN embeddings e "
+                                               "ON e.id = f.embedding_id"))
+        script.root = root
         script.sizes = sizes
         script.n, script.batch_size, script.workers = n, batch_size, workers
         return script
@@ -181,3 +202,15 @@ def test_walk_ends_while_a_full_batch_is_held_back(run):
     script = run(10, 3, 2, instant=lambda i: True)
     assert script.commits[:2] == [(3, 6), (3, 9)]  # each committed once the next batch was queued
     assert script.commits[2:] == [(3, 10), (1, 10)]  # after the walk: the held batch alone, then the rest
+
+
+def test_content_read_before_the_model_loads_is_decoded_after(run):
+    """Items 1-7 are read while item 0 (slow) holds the model's first load back: they come back undecoded,
+    and once the main thread has loaded the model (taking item 0) they go to the workers again. The vectors
+    are those of a run whose model was loaded first."""
+    script = run(20, 3, 2, instant=lambda i: i != 0, preload=False)
+    assert script.sizes == full_batches(20, 3)
+    assert sorted(script.redecoded) == sorted(os.fsencode(script.root / f"{i:03d}.png") for i in range(1, 8))
+    reference = run(20, 3, 2, instant=lambda i: True)
+    assert [v for _, v in sorted(script.vectors.items(), key=lambda kv: os.path.basename(kv[0]))] == \
+        [v for _, v in sorted(reference.vectors.items(), key=lambda kv: os.path.basename(kv[0]))]

@@ -72,44 +72,30 @@ def test_a_new_library_over_an_empty_folder_loads_nothing(tmp_path, count_loads)
     assert count_loads == []
 
 
-def test_the_loader_is_called_once_by_threads_that_need_it_together(tmp_path, monkeypatch):
-    """Four decode threads ask for the model while the first one is still loading it: one load, the others wait.
-    The loader returns only once all four have asked (counted at Indexer.encoder), so without the lock each of
-    them would have called it."""
-    workers = 4
+def test_the_model_is_loaded_once_in_the_main_thread(tmp_path):
+    """Four decode threads meet new content before the model is loaded: they hand it back undecoded, and the
+    main thread loads the model once (so a Ctrl-C can stop a slow download) and has it all decoded."""
     root = tmp_path / "photos"
     for i in range(12):
         make_image(root / f"{i:02d}.png", 700 + i)
-    asked, loads = [], []
-    all_asked = threading.Event()
-    real_encoder = Indexer.encoder
-
-    def encoder(self):
-        if threading.current_thread() is not threading.main_thread():
-            asked.append(1)
-            if len(asked) >= workers:
-                all_asked.set()
-        return real_encoder(self)
+    loads, events = [], []
+    enc = FakeEncoder()
 
     def loader():
-        loads.append(threading.current_thread().name)
-        assert all_asked.wait(WAIT), "the other decode threads never asked for the model"
-        return FakeEncoder()
+        loads.append(threading.current_thread() is threading.main_thread())
+        return enc
 
-    monkeypatch.setattr(Indexer, "encoder", encoder)
-    events = []
     catalog = Catalog.open(tmp_path / "library.db")
     try:
-        ix = Indexer(catalog, loader, batch_size=4, workers=workers,
-                     on_progress=lambda kind, n: events.append((kind, n)))
+        ix = Indexer(catalog, loader, batch_size=4, workers=4, on_progress=lambda kind, n: events.append((kind, n)))
         report = ix.run([root])
     finally:
         catalog.close()
-    assert report.embedded == 12 and report.added == 12
-    assert len(loads) == 1 and loads[0].startswith("clipsearch-decode")
-    assert events.count(("loading-model", 0)) == 1
+    assert report.embedded == 12 and report.added == 12 and not report.skipped
+    assert loads == [True] and events.count(("loading-model", 0)) == 1
     first_done = next(i for i, (kind, n) in enumerate(events) if kind == "done" and n > 0)
     assert events.index(("loading-model", 0)) < first_done  # said before anything was embedded
+    assert enc.images == 12  # every picture embedded once
 
 
 def test_a_model_that_cannot_be_loaded_stops_the_run_and_is_not_a_file_failure(tmp_path, photos):
