@@ -123,16 +123,19 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
     """
     from tqdm import tqdm
 
-    with open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, max_pixels=int(max_megapixels * 1e6),
-                      follow_symlinks=follow_symlinks, allow_truncated=allow_truncated) as lib:
+    from .cli_interrupts import HeldInterrupts
+
+    with HeldInterrupts(terminated=Terminated) as interrupts, \
+            open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
+                         precision=precision, max_pixels=int(max_megapixels * 1e6),
+                         follow_symlinks=follow_symlinks, allow_truncated=allow_truncated) as lib:
         bar = tqdm(total=0, unit="img", desc="indexing", disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
         def progress(kind: str, n: int) -> None:
             if kind == "found":
                 bar.total += n
                 bar.refresh()
-            elif kind == "loading-model":  # from a decode thread, once: the first file whose content is new
+            elif kind == "loading-model":  # once: the first file whose content is new
                 if not quiet:
                     from .encoders import parse_model_spec
 
@@ -144,6 +147,7 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
                               file=sys.stderr)
             else:
                 bar.update(n)
+            interrupts.checkpoint()
 
         try:
             report = lib.index(list(paths) if paths else None, on_progress=progress)

@@ -24,7 +24,8 @@ from .store import Catalog, Record
 
 logger = logging.getLogger(__name__)
 
-# ("found" | "done", count), and ("loading-model", 0) just before the model is loaded (from a decode thread)
+# ("found" | "done", count), and ("loading-model", 0) just before the model is loaded; always from the thread
+# that called Indexer.run, and it may raise (the CLI raises a held Ctrl-C there)
 ProgressCallback = Callable[[str, int], None]
 
 
