@@ -123,17 +123,31 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
     """
     from tqdm import tqdm
 
-    with open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
-                      precision=precision, max_pixels=int(max_megapixels * 1e6),
-                      follow_symlinks=follow_symlinks, allow_truncated=allow_truncated) as lib:
+    from .cli_interrupts import HeldInterrupts
+
+    with HeldInterrupts(terminated=Terminated) as interrupts, \
+            open_library(library, model=model, create=True, batch_size=batch_size, workers=workers, device=device,
+                         precision=precision, max_pixels=int(max_megapixels * 1e6),
+                         follow_symlinks=follow_symlinks, allow_truncated=allow_truncated) as lib:
         bar = tqdm(total=0, unit="img", desc="indexing", disable=quiet, file=sys.stderr, dynamic_ncols=True)
 
         def progress(kind: str, n: int) -> None:
             if kind == "found":
                 bar.total += n
                 bar.refresh()
+            elif kind == "loading-model":  # once: the first file whose content is new
+                if not quiet:
+                    from .encoders import parse_model_spec
+
+                    try:
+                        remote = parse_model_spec(lib.model_name).kind in ("pretrained", "hf-hub")
+                    except ClipSearchError:  # the load itself says what is wrong
+                        remote = False
+                    bar.write(f"loading model {lib.model_name}" + (" (first use may download it)" if remote else ""),
+                              file=sys.stderr)
             else:
                 bar.update(n)
+            interrupts.checkpoint()
 
         try:
             report = lib.index(list(paths) if paths else None, on_progress=progress)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -25,7 +24,9 @@ from .store import Catalog, Record
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int], None]  # ("found" | "done", count)
+# ("found" | "done", count), and ("loading-model", 0) just before the model is loaded; always from the thread
+# that called Indexer.run, and it may raise (the CLI raises a held Ctrl-C there)
+ProgressCallback = Callable[[str, int], None]
 
 
 @dataclass
@@ -74,15 +75,37 @@ class _Item:
     warning: str | None = None
     meta: imaging.PhotoMeta | None = None  # format and EXIF date, from the header
     meta_only: bool = False  # unchanged, indexed before headers were recorded: read the header, nothing else
+    data: bytes | None = None  # new content read before the model was loaded: decoded once it is
+
+
+def _failed(item: _Item, e: Exception) -> _Item:
+    """Record why this one file could not be read or decoded (one bad file never stops the run)."""
+    if isinstance(e, imaging.FileChangedError):
+        item.error, item.retry, item.vanished = e.reason, True, e.vanished
+    elif isinstance(e, ImageError):
+        item.error = e.reason
+    else:
+        logger.debug("unexpected failure on %r", item.entry.path, exc_info=True)
+        item.error = f"{type(e).__name__}: {e}"
+    return item
 
 
 class Indexer:
-    def __init__(self, catalog: Catalog, encoder, *, batch_size: int = 32, workers: int | None = None,
-                 max_pixels: int = imaging.DEFAULT_MAX_PIXELS, on_progress: ProgressCallback | None = None,
-                 on_commit: Callable[[int], None] | None = None, include_hidden: bool = False,
-                 follow_symlinks: bool = False, allow_truncated: bool = False):
+    """`load_encoder` is a zero-argument callable returning the model. It is called at most once, in the main
+    thread, the first time a file's content is new, so a run over unchanged files never loads it. Until then
+    the decode threads read and hash files and hand new content back undecoded (the JPEG draft size and the
+    preprocessing are the model's); the main thread loads the model (a Ctrl-C stops a slow download at once,
+    and on_progress("loading-model", 0) is called before) and sends that content to be decoded."""
+
+    def __init__(self, catalog: Catalog, load_encoder: Callable[[], object], *, batch_size: int = 32,
+                 workers: int | None = None, max_pixels: int = imaging.DEFAULT_MAX_PIXELS,
+                 on_progress: ProgressCallback | None = None, on_commit: Callable[[int], None] | None = None,
+                 include_hidden: bool = False, follow_symlinks: bool = False, allow_truncated: bool = False):
         self.catalog = catalog
-        self.encoder = encoder
+        self._load_encoder = load_encoder
+        self._encoder = None
+        self._encoder_error: BaseException | None = None
+        self._encoder_lock = threading.Lock()
         self.batch_size = max(1, batch_size)
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.max_pixels = max_pixels
@@ -91,20 +114,33 @@ class Indexer:
         self.include_hidden = include_hidden
         self.follow_symlinks = follow_symlinks
         self.allow_truncated = allow_truncated
-        self._local = threading.local()
 
-    # -- per-thread read-only lookups of known content -----------------------------------------
-    def _known(self, content_hash: str) -> bool:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(f"file:{self.catalog.db_path}?mode=ro", uri=True, check_same_thread=False)
-            con.execute("PRAGMA busy_timeout=30000")
-            self._local.con = con
-            self._cons.append(con)
-        return con.execute("SELECT 1 FROM embeddings WHERE content_hash=?", (content_hash,)).fetchone() is not None
+    @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    def encoder(self):
+        """The model, loaded on first use (once; a failed load is raised again, not retried)."""
+        encoder = self._encoder
+        if encoder is not None:
+            return encoder
+        with self._encoder_lock:
+            if self._encoder is None:
+                if self._encoder_error is not None:
+                    raise self._encoder_error
+                self.on_progress("loading-model", 0)
+                try:
+                    self._encoder = self._load_encoder()
+                except BaseException as e:
+                    self._encoder_error = e
+                    raise
+            return self._encoder
 
     def _prepare(self, item: _Item) -> _Item:
-        """Worker: read the bytes once, hash them, and decode only when the content is new."""
+        """Worker: read the bytes once, hash them, and decode only when the content is new.
+
+        A failure of the file is recorded in the item; a failing database is not the file's fault and is
+        raised (to the main thread, by the future), stopping the run."""
         if item.meta_only:
             item.meta = imaging.read_photo_meta(item.entry)
             if item.meta.size is None:  # keeps its row as it is; looked at again next run
@@ -114,39 +150,55 @@ class Indexer:
             data = imaging.read_file(item.entry)
             item.content_hash = imaging.content_hash(data)
             item.meta = imaging.photo_meta(data)
-            if self._known(item.content_hash):
-                return item
-            image, item.size = imaging.decode(data, max_pixels=self.max_pixels, draft=self._draft,
+        except Exception as e:
+            return _failed(item, e)
+        if self.catalog.has_embedding(item.content_hash):
+            return item
+        encoder = self._encoder
+        if encoder is None:  # the main thread loads the model, then has this decoded (_with_pixels)
+            item.data = data
+            return item
+        return self._decode(item, data, encoder)
+
+    def _decode(self, item: _Item, data: bytes, encoder) -> _Item:
+        try:
+            image, item.size = imaging.decode(data, max_pixels=self.max_pixels,
+                                              draft=getattr(encoder, "image_size", 224),
                                               allow_truncated=self.allow_truncated)
             if image.info.get("truncated"):
                 item.warning = "truncated: indexed as far as it could be read (--allow-truncated)"
-            item.tensor = self.encoder.preprocess(image)
-        except imaging.FileChangedError as e:
-            item.error, item.retry, item.vanished = e.reason, True, e.vanished
-        except ImageError as e:
-            item.error = e.reason
-        except Exception as e:  # one bad file never stops the run
-            logger.debug("unexpected failure on %r", item.entry.path, exc_info=True)
-            item.error = f"{type(e).__name__}: {e}"
+            item.tensor = encoder.preprocess(image)
+        except Exception as e:
+            return _failed(item, e)
         return item
+
+    def _decode_later(self, item: _Item) -> _Item:
+        data, item.data = item.data, None
+        return self._decode(item, data, self._encoder)
+
+    def _take(self, pending: deque, pool: ThreadPoolExecutor) -> _Item:
+        """The oldest item, decoded: new content read before the model was loaded is decoded now, after
+        loading it (here, in the main thread); what else came back undecoded goes to the workers again."""
+        item = pending.popleft().result()
+        if item.data is None:
+            return item
+        self.encoder()
+        for i, future in enumerate(pending):
+            if future.done() and future.exception() is None and future.result().data is not None:
+                pending[i] = pool.submit(self._decode_later, future.result())
+        return self._decode_later(item)
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, roots: Iterable[Path]) -> IndexReport:
         report = IndexReport()
         start = time.perf_counter()
-        self._cons: list[sqlite3.Connection] = []
-        self._draft = getattr(self.encoder, "image_size", 224)
-        try:
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-decode") as pool:
-                try:
-                    for root in roots:
-                        self._run_root(Path(root), pool, report)
-                except BaseException:  # Ctrl-C, SIGTERM, an error: do not decode what is still queued
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        finally:
-            for con in self._cons:
-                con.close()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="clipsearch-decode") as pool:
+            try:
+                for root in roots:
+                    self._run_root(Path(root), pool, report)
+            except BaseException:  # Ctrl-C, SIGTERM, an error: do not decode what is still queued
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         report.seconds = time.perf_counter() - start
         return report
 
@@ -175,20 +227,19 @@ class Indexer:
                                   scan, report):
             pending.append(pool.submit(self._prepare, item))
             while len(batch) < self.batch_size and pending and (len(pending) >= limit or pending[0].done()):
-                batch.append(pending.popleft().result())
+                batch.append(self._take(pending, pool))
             # a full batch waits until the next one is queued, so the workers decode it while the model runs
             # (committing as soon as the batch filled left them ~2 pictures, and the model then waited for the
             # next batch's decoding: 0.09 s a batch of ~1 MP pictures)
             if len(batch) >= self.batch_size and len(pending) >= self.batch_size:
                 self._commit(batch, root_id, scan, report)
                 batch = []
-        while pending:
-            batch.append(pending.popleft().result())
-            if len(batch) >= self.batch_size:
-                self._commit(batch, root_id, scan, report)
-                batch = []
-        if batch:
+        # the walk is over: everything is queued, so a full batch (perhaps held back above) goes at once
+        while batch or pending:
+            while len(batch) < self.batch_size and pending:
+                batch.append(self._take(pending, pool))
             self._commit(batch, root_id, scan, report)
+            batch = []
 
         for path, reason in walk_errors.errors:
             report.incomplete.append(Skipped(os.fsdecode(path), reason))
@@ -259,7 +310,7 @@ class Indexer:
         to_embed = list(unique.values())
         if _crashpoints.ACTIVE:
             _crashpoints.hit("before_embed", hashes=[it.content_hash for it in to_embed])
-        vectors = self.encoder.embed_batch([it.tensor for it in to_embed]) if to_embed else None
+        vectors = self.encoder().embed_batch([it.tensor for it in to_embed]) if to_embed else None
         records = []
         fresh = {id(it) for it in to_embed}
         by_hash = {it.content_hash: i for i, it in enumerate(to_embed)}

@@ -216,19 +216,26 @@ class Library:
         self._acquire_lock()
         try:
             remove_orphans(self.path)
-            encoder = self.encoder
-            index = self._load_cache(encoder.dim) if self.dim is not None else VectorIndex(encoder.dim)
-            self._catch_up(index)
+            # the model is loaded only when a file's content is new (Indexer); a library with vectors knows its
+            # dimension, and a new one gets its cache once the model (which records the dimension) is loaded
+            dim = self.dim
+            index = self._load_cache(dim) if dim is not None else None
+            if index is not None:
+                self._catch_up(index)
             last_publish = time.monotonic()
 
             def on_commit(seq: int) -> None:
-                nonlocal last_publish
+                nonlocal last_publish, index
+                if index is None:
+                    if not indexer.encoder_loaded:
+                        return  # no model yet, so no vectors yet: nothing for a cache
+                    index = VectorIndex(indexer.encoder().dim)
                 self._catch_up(index)
                 if time.monotonic() - last_publish > PUBLISH_EVERY_SECONDS:
                     self._publish(index)
                     last_publish = time.monotonic()
 
-            indexer = Indexer(self.catalog, encoder, batch_size=self.batch_size, workers=self.workers,
+            indexer = Indexer(self.catalog, lambda: self.encoder, batch_size=self.batch_size, workers=self.workers,
                               max_pixels=self.max_pixels, on_progress=on_progress, on_commit=on_commit,
                               follow_symlinks=self.follow_symlinks, allow_truncated=self.allow_truncated)
             failed = True
@@ -238,11 +245,14 @@ class Library:
             finally:
                 try:
                     self.catalog.set_meta(last_index_at=repr(time.time()))
-                    self._catch_up(index)
-                    with storage_errors(f"writing the search cache {self.index_path} (the database has every "
-                                        f"committed batch; the previous cache file is intact)"):
-                        self._publish(index)
-                    self._index = index
+                    if index is None and indexer.encoder_loaded:
+                        index = VectorIndex(indexer.encoder().dim)
+                    if index is not None:
+                        self._catch_up(index)
+                        with storage_errors(f"writing the search cache {self.index_path} (the database has every "
+                                            f"committed batch; the previous cache file is intact)"):
+                            self._publish(index)
+                        self._index = index
                 except Exception as e:
                     if not failed:
                         raise

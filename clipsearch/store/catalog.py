@@ -392,6 +392,13 @@ class Catalog:
                 sa.select(files_table.c.path, files_table.c.error).where(files_table.c.status == "failed")
                 .order_by(files_table.c.path))]
 
+    def has_embedding(self, content_hash: str) -> bool:
+        """Whether this content has a vector already. Safe from several threads at once: the engine is shared,
+        each call takes its own connection (a connection must not be shared between threads)."""
+        with self._reader.connect() as conn:
+            return conn.execute(sa.select(embeddings_table.c.id)
+                                .where(embeddings_table.c.content_hash == content_hash).limit(1)).first() is not None
+
 
 def _refresh_live(conn, emb_ids: set[int], seq: int) -> None:
     """Recompute `live` for these embeddings; stamp `seq` on the ones whose liveness changed."""
