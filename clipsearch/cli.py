@@ -25,9 +25,15 @@ class _Stderr(logging.Handler):
     def __init__(self):
         super().__init__()
         self.verbose = False
-        # huggingface_hub has a handler of its own (quiet unless -v): its records are not printed twice
-        self.addFilter(lambda r: (r.name == "clipsearch" or r.name.startswith("clipsearch.")) or (
-            self.verbose and not r.name.startswith("huggingface_hub")))
+        self.addFilter(self._wanted)
+
+    def _wanted(self, record) -> bool:
+        if record.name == "clipsearch" or record.name.startswith("clipsearch."):
+            return True
+        if not self.verbose:
+            return False
+        # huggingface_hub installs a handler of its own (quiet unless -v): its records are not printed twice
+        return not (record.name.startswith("huggingface_hub") and logging.getLogger("huggingface_hub").handlers)
 
     def emit(self, record):
         try:

@@ -346,6 +346,33 @@ def test_index_help_names_the_default_model():
     assert "-v, --verbose" in res.output
 
 
+def test_cli_logging_lets_other_libraries_through_only_when_verbose():
+    """The CLI's logging: clipsearch's own warnings always; open_clip's (the root logger), huggingface_hub's
+    and Python warnings only with -v."""
+    code = (
+        "import logging, sys, warnings\n"
+        "from clipsearch.cli import configure_logging\n"
+        "configure_logging(sys.argv[1] == 'verbose')\n"
+        "import huggingface_hub.file_download  # as a download does: its own handler on 'huggingface_hub'\n"
+        "logging.warning('open_clip style warning')\n"
+        "logging.info('open_clip style info')\n"
+        "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s')\n"
+        "logging.getLogger('clipsearch.library').warning('our warning')\n"
+        "warnings.warn('a python warning')\n"
+    )
+    runs = {}
+    for mode in ("quiet", "verbose"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, cwd=REPO, timeout=120,
+                             env={k: v for k, v in os.environ.items() if k != "HF_HUB_VERBOSITY"})
+        assert out.returncode == 0, out.stderr
+        runs[mode] = out.stderr
+    assert runs["quiet"].strip() == "our warning"
+    verbose = runs["verbose"]
+    for text in ("open_clip style warning", "open_clip style info", "our warning", "a python warning"):
+        assert text in verbose, verbose
+    assert verbose.count("Retrying in 1s") == 1, verbose  # huggingface_hub's own handler, not twice
+
+
 def test_hub_probe_reports_a_closed_port():
     from clipsearch.encoders.hub import probe
 
