@@ -181,8 +181,7 @@ def load_light_text_encoder(catalog: Catalog, path: Path, model_name: str):
 
     The weights are read where the library recorded them, when the library's own model is asked for and
     the file is there; a model given under another name (a moved checkpoint) is read where it now is."""
-    from .encoders import parse_model_spec
-    from .encoders import textfast
+    from .encoders import parse_model_spec, textfast
 
     meta = catalog.all_meta()
     record = _record(meta)

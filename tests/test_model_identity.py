@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL_CFG, make_image, run_cli, write_checkpoint
 
 from clipsearch.encoders import DEFAULT_MODEL
-from conftest import TINY_MODEL_CFG, make_image, run_cli, write_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH, TAG = DEFAULT_MODEL.split(":")
@@ -228,7 +228,8 @@ def test_upgrade_note_is_logged(tmp_path, tiny_model, caplog):
     fp = {**enc.fingerprint, "model": "RN50:openai"}
     cat = Catalog.open(tmp_path / "library.db")
     try:
-        cat.set_meta(model="RN50:openai", model_fingerprint="x", model_fingerprint_json=dumps({**fp, "weights": "pretrained:openai"}),
+        legacy = dumps({**fp, "weights": "pretrained:openai"})
+        cat.set_meta(model="RN50:openai", model_fingerprint="x", model_fingerprint_json=legacy,
                      dim=str(enc.dim))
 
         class Renamed:
@@ -434,7 +435,8 @@ def test_full_model_text_is_open_clips_encode_text(tiny_model, precision):
     with torch.inference_mode():
         ref = l2_normalize(enc.loaded.model.encode_text(enc.loaded.tokenize(texts)).float().numpy())
     assert np.array_equal(enc.embed_texts(texts), ref)
-    assert np.array_equal(enc.embed_texts(texts), load_encoder(tiny_model, device="cpu", precision="fp32").embed_texts(texts))
+    fp32 = load_encoder(tiny_model, device="cpu", precision="fp32")
+    assert np.array_equal(enc.embed_texts(texts), fp32.embed_texts(texts))
     light = load_text_encoder(parse_model_spec(tiny_model))
     assert np.sum(light.embed_texts(texts) * enc.embed_texts(texts), axis=1).min() >= 0.99999
 
@@ -466,7 +468,8 @@ def test_encoders_have_what_the_protocol_states(tiny_model):
             if klass in (object,) or klass.__name__ in ("Protocol", "Generic"):
                 continue
             names.update(getattr(klass, "__annotations__", {}))
-            names.update(k for k, v in vars(klass).items() if not k.startswith("_") and (callable(v) or isinstance(v, property)))
+            names.update(k for k, v in vars(klass).items()
+                         if not k.startswith("_") and (callable(v) or isinstance(v, property)))
         return names
 
     full = load_encoder(tiny_model, device="cpu", precision="fp32")

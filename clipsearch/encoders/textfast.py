@@ -27,8 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from . import ModelSpec, l2_normalize
-from ._common import (SAFETENSORS_NAME, open_clip_dir, read_checkpoint_config, remap_token_ids, weights_label,
-                      weights_source)
+from ._common import (
+    SAFETENSORS_NAME,
+    open_clip_dir,
+    read_checkpoint_config,
+    remap_token_ids,
+    weights_label,
+    weights_source,
+)
 
 # text_cfg options this implementation follows; any other value (or key) means: use open_clip itself
 _TEXT_DEFAULTS = {
