@@ -4,16 +4,72 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 
 import click
 
+from .encoders import DEFAULT_MODEL
 from .errors import ClipSearchError
 
 MODEL_HELP = ("ARCH:PRETRAINED as open_clip names it (fetched into the Hugging Face cache), ARCH:/path/to/weights, "
               "a checkpoint directory from `clipsearch train`, or `shapes` (the offline demo model). "
               "Only needed when creating a library: a library remembers its model.")
+
+
+class _Stderr(logging.Handler):
+    """Log records as lines on the current stderr: clipsearch's own always (warnings and worse, or with -v
+    everything from INFO); open_clip's, huggingface_hub's and Python warnings only with -v."""
+
+    def __init__(self):
+        super().__init__()
+        self.verbose = False
+        self.addFilter(self._wanted)
+
+    def _wanted(self, record) -> bool:
+        if record.name == "clipsearch" or record.name.startswith("clipsearch."):
+            return True
+        if not self.verbose:
+            return False
+        # huggingface_hub installs a handler of its own (quiet unless -v): its records are not printed twice
+        return not (record.name.startswith("huggingface_hub") and logging.getLogger("huggingface_hub").handlers)
+
+    def emit(self, record):
+        try:
+            text = self.format(record)
+            click.echo(text if record.name.startswith("clipsearch") else f"{record.name}: {text}", err=True)
+        except Exception:
+            self.handleError(record)
+
+
+_LOG = _Stderr()
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """The CLI's logging: one handler on the root logger (so open_clip's module-level logging calls find one
+    and do not install their own), and huggingface_hub's own handler quiet unless -v (HF_HUB_VERBOSITY)."""
+    root = logging.getLogger()
+    if _LOG not in root.handlers:
+        root.addHandler(_LOG)
+    _LOG.verbose = verbose
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.captureWarnings(True)
+    if verbose:
+        os.environ["HF_HUB_VERBOSITY"] = "info"
+    elif os.environ.get("HF_HUB_VERBOSITY") in (None, "", "info"):
+        os.environ["HF_HUB_VERBOSITY"] = "critical"
+    if "huggingface_hub" in sys.modules:  # read at its import: set the level too when it is already loaded
+        logging.getLogger("huggingface_hub").setLevel(logging.INFO if verbose else logging.CRITICAL)
+
+
+def _verbose(ctx, param, value):
+    if value:
+        configure_logging(True)
+
+
+verbose_option = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_verbose,
+                              help="Show what open_clip and huggingface_hub log (downloads, retries, warnings).")
 
 
 def default_library() -> str:
@@ -92,14 +148,17 @@ def open_library(library: str | None, *, model: str | None = None, create: bool,
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipsearch")
-def cli():
+@click.option("-v", "--verbose", is_flag=True, help="Show what open_clip and huggingface_hub log.")
+def cli(verbose):
     """Semantic image search: index folders of photos, then search them by text or by example image."""
+    configure_logging(verbose)
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=str))
 @library_option
-@click.option("--model", default=None, envvar="CLIPSEARCH_MODEL", help=MODEL_HELP)
+@click.option("--model", default=None, envvar="CLIPSEARCH_MODEL",
+              help=f"{MODEL_HELP} A new library's default: {DEFAULT_MODEL}.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--workers", default=None, type=click.IntRange(1, 64), help="Decoding threads (default: the CPU count, up to 4).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -112,6 +171,7 @@ def cli():
 @click.option("--allow-truncated", is_flag=True,
               help="Index truncated images as far as they can be read (with a warning) instead of skipping them.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@verbose_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
 def index(paths, library, model, batch_size, workers, device, precision, max_megapixels, follow_symlinks,
@@ -294,6 +354,7 @@ def _nothing_found(query) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id, ...}.")
 @click.option("-0", "--null", "null", is_flag=True,
               help="Print only the paths, each ended by a NUL byte (for xargs -0: any file name is unambiguous).")
+@verbose_option
 @handle_errors
 def query(text, and_texts, not_texts, images, not_images, likes, unlikes, include_self, templates, no_templates,
           folder, path_glob, modified_after, modified_before, taken_after, taken_before, min_width, min_height,

@@ -102,8 +102,8 @@ class Library:
              **options) -> "Library":
         """Open the library at `path`, creating it (with `model`, default DEFAULT_MODEL) if missing.
 
-        `model` must be the library's own model when the library has vectors already; a different
-        one raises ModelMismatchError naming both.
+        `model` must be the library's own model when the library has vectors already, or the same weights
+        under another name (a moved checkpoint); other weights raise ModelMismatchError naming both.
         """
         path = Path(os.path.expanduser(os.fspath(path))).absolute()
         db = path / DB_NAME
@@ -123,10 +123,9 @@ class Library:
                 stored = wanted or parse_model_spec(DEFAULT_MODEL).name
                 catalog.set_meta(model=stored)
             elif wanted and wanted != stored:
-                raise ModelMismatchError(
-                    f"the library at {path} was built with model {stored}; it cannot be used with {wanted}. "
-                    f"Leave out --model to use {stored}, or give another --library for {wanted}"
-                )
+                # another name for the same weights (a moved checkpoint) is accepted, then checked in full
+                identity.check_model_name(catalog, path, stored, wanted)
+                stored = wanted
         except BaseException as e:
             catalog.close()
             with storage_errors(f"opening the library at {path}"):

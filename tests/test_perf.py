@@ -270,19 +270,19 @@ def test_meta_device_build_loads_exactly(tiny_model):
 
 
 def test_weight_hash_is_remembered(tmp_path, monkeypatch):
-    from clipsearch.encoders import openclip
+    from clipsearch.encoders import _common
 
-    monkeypatch.setattr(openclip, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
+    monkeypatch.setattr(_common, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
     f = tmp_path / "w.bin"
     f.write_bytes(b"abc" * 1000)
-    first = openclip.sha256_file(f)
+    first = _common.sha256_file(f)
     assert json.loads((tmp_path / "cache" / "h.json").read_text())
     calls = []
-    real = openclip.hashlib.sha256
-    monkeypatch.setattr(openclip.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
-    assert openclip.sha256_file(f) == first and not calls  # from the cache
+    real = _common.hashlib.sha256
+    monkeypatch.setattr(_common.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert _common.sha256_file(f) == first and not calls  # from the cache
     f.write_bytes(b"abd" * 1000)  # changed content: hashed again
-    assert openclip.sha256_file(f) != first and calls
+    assert _common.sha256_file(f) != first and calls
 
 
 # -- search kernel -------------------------------------------------------------------------------------------
@@ -502,18 +502,17 @@ def test_indexer_read_ahead_is_bounded(tmp_path, tiny_model):
 
 
 def test_light_path_for_a_pretrained_tag(tiny_model, tmp_path, monkeypatch):
-    """ARCH:TAG models: a full load notes where open_clip's download lives; text queries then skip open_clip."""
-    from clipsearch.encoders import load_encoder, openclip, parse_model_spec
-    from clipsearch.encoders.textfast import load_text_encoder
+    """ARCH:TAG models: a full load gives the weights file it resolved and the text tower's config (which the
+    library records); the light text path reads that record, and on its own (no record) declines the tag."""
+    from clipsearch.encoders import _common, load_encoder, parse_model_spec
+    from clipsearch.encoders.textfast import load_text_encoder, load_text_encoder_from_record
 
-    monkeypatch.setattr(openclip, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
+    monkeypatch.setattr(_common, "hash_cache_path", lambda: tmp_path / "cache" / "h.json")
     spec = parse_model_spec("RN50:some-tag")
-    assert spec.kind == "pretrained" and load_text_encoder(spec) is None  # nothing recorded yet
-    rec = {spec.name: {"weights": str(Path(tiny_model) / "open_clip_model.safetensors"),
-                       "model_cfg": {**TINY_MODEL_CFG, "quick_gelu": False}}}
-    (tmp_path / "cache").mkdir()
-    openclip.pretrained_record_path().write_text(json.dumps(rec))
-    light = load_text_encoder(spec)
-    assert light is not None and light.weights_id == "pretrained:some-tag" and light.arch == "RN50"
+    assert spec.kind == "pretrained" and load_text_encoder(spec) is None  # no per-user record any more
     full = load_encoder(tiny_model, device="cpu", precision="fp32")
+    record = full.weights_source
+    assert record["text"]["model_cfg"]["quick_gelu"] is False and record["sha256"] in full.fingerprint["weights"]
+    light = load_text_encoder_from_record(spec.name, {**record, "text": {**record["text"], "arch": "RN50"}})
+    assert light is not None and light.weights_id == full.fingerprint["weights"] and light.arch == "RN50"
     assert np.sum(light.embed_texts(TEXTS) * full.embed_texts(TEXTS), axis=1).min() >= 0.99999

@@ -1,6 +1,7 @@
 """The Encoder seam: anything that turns images and texts into unit vectors.
 
-Nothing here imports torch; `load_encoder` imports the open_clip implementation lazily.
+Nothing here imports torch (nor numpy, so the CLI can name DEFAULT_MODEL in its help cheaply);
+`load_encoder` imports the open_clip implementation lazily.
 """
 
 from __future__ import annotations
@@ -8,26 +9,46 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-import numpy as np
+from ..errors import ConfigError, ModelUnavailableError
 
-from ..errors import ConfigError
+if TYPE_CHECKING:
+    import numpy as np
 
 BUILTIN_MODELS = {"shapes": "the offline demo model trained on the shapes domain (ships with clipsearch)"}
 DEFAULT_MODEL = "ViT-B-32:laion2b_s34b_b79k"
 
 
-class Encoder(Protocol):
-    """Turns images and texts into L2-normalised, C-contiguous float32 arrays of shape (n, dim)."""
+class TextEncoder(Protocol):
+    """What a text query needs: the full model (openclip.OpenClipEncoder) or its text tower in numpy
+    (textfast.NumpyTextEncoder). Rows are L2-normalised, C-contiguous float32 of shape (n, dim)."""
 
-    name: str
+    name: str  # the --model value as parse_model_spec spells it
     dim: int
-    fingerprint: dict
+    tokenizer: object  # .encode(text) -> token ids: counts a query's tokens (the library warns when it is cut)
+    context_length: int  # tokens the text tower reads, start and end tokens included
 
-    def embed_images(self, images: Sequence) -> np.ndarray: ...
+    @property
+    def fingerprint(self) -> dict: ...  # identity.py compares it with the library's (all but "model")
+
+    @property
+    def weights_source(self) -> dict: ...  # _common.weights_source: the weights file, its identity and sha256
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class Encoder(TextEncoder, Protocol):
+    """What indexing and image queries use besides: preprocess (in the decoding threads), then embed_batch
+    (in the main thread). A stand-in (tests) may leave out tokenizer, context_length and weights_source."""
+
+    image_size: int  # the model's input side: JPEGs are decoded in draft mode down to about this size
+
+    def preprocess(self, image) -> object: ...  # an RGB PIL image -> the model's input tensor
+
+    def embed_batch(self, tensors: Sequence) -> np.ndarray: ...
+
+    def embed_images(self, images: Sequence) -> np.ndarray: ...  # preprocess + embed_batch
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,10 @@ def parse_model_spec(name: str) -> ModelSpec:
     if expanded.is_dir():
         path = expanded.resolve()
         return ModelSpec(name=str(path), kind="dir", path=path)
+    if ":" not in name and (os.sep in name or name.startswith(("~", "."))):
+        raise ModelUnavailableError(
+            f"the model checkpoint directory {name} does not exist. If it was moved, give its new place with "
+            f"--model NEWPATH (a library accepts it when its weights are the same)")
     if ":" in name:
         arch, _, rest = name.partition(":")
         if not arch or not rest:
@@ -74,7 +99,8 @@ def parse_model_spec(name: str) -> ModelSpec:
         rest_path = Path(os.path.expanduser(rest))
         if rest_path.suffix in (".safetensors", ".pt", ".pth", ".bin") or os.sep in rest:
             if not rest_path.is_file():
-                raise ConfigError(f"model weights file {rest} does not exist")
+                raise ConfigError(f"model weights file {rest} does not exist (if it was moved, give its new place "
+                                  f"with --model {arch}:NEWPATH)")
             path = rest_path.resolve()
             return ModelSpec(name=f"{arch}:{path}", kind="file", arch=arch, path=path)
         return ModelSpec(name=name, kind="pretrained", arch=arch, pretrained=rest)
@@ -91,7 +117,9 @@ def load_encoder(name: str, *, device: str = "auto", precision: str = "auto", ca
     return OpenClipEncoder.load(parse_model_spec(name), device=device, precision=precision, cache_dir=cache_dir)
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: "np.ndarray") -> "np.ndarray":
+    import numpy as np
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0

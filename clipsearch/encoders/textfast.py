@@ -9,16 +9,16 @@ end-of-text token, projection) in float32 numpy, on the text weights only, read 
 safetensors file. The context is cut after the end-of-text token, which is exact for a causal tower.
 It agrees with open_clip's fp32 text tower to float32 rounding (cosine >= 0.99999, tested).
 
-Only standard CLIP text towers from safetensors checkpoints are handled (`load_text_encoder`
-returns None otherwise and the caller uses the full model): checkpoint directories (including the
-shipped `shapes` model and its reduced vocabulary) and `ARCH:/path/weights.safetensors`.
+Only standard CLIP text towers from safetensors checkpoints are handled (None otherwise, and the
+caller uses the full model): checkpoint directories (including the shipped `shapes` model and its
+reduced vocabulary), `ARCH:/path/weights.safetensors`, and the weights file a library recorded when a
+full load resolved them (`load_text_encoder_from_record`; how ARCH:TAG models get here, identity.py).
 """
 
 from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 import json
 import math
 from functools import lru_cache
@@ -27,9 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from . import ModelSpec, l2_normalize
-
-CONFIG_NAME = "open_clip_config.json"
-SAFETENSORS_NAME = "open_clip_model.safetensors"
+from ._common import (
+    SAFETENSORS_NAME,
+    open_clip_dir,
+    read_checkpoint_config,
+    remap_token_ids,
+    weights_label,
+    weights_source,
+)
 
 # text_cfg options this implementation follows; any other value (or key) means: use open_clip itself
 _TEXT_DEFAULTS = {
@@ -40,14 +45,6 @@ _TEXT_DEFAULTS = {
 }
 _TEXT_FREE = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pool_type",
               "eos_id", "proj_bias", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type", "tokenizer_kwargs"}
-
-
-def _open_clip_dir() -> Path | None:
-    """open_clip's package directory, found without importing it."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _supported(model_cfg: dict) -> bool:
@@ -64,56 +61,61 @@ def _supported(model_cfg: dict) -> bool:
     return text.get("pool_type", "argmax") in ("argmax", "eos") and not text.get("hf_model_name")
 
 
-def load_text_encoder(spec: ModelSpec, weights_id: str | None = None) -> "NumpyTextEncoder | None":
-    """A text-only encoder for `spec`, or None when this path does not cover the model."""
-    extra: dict = {}
+def load_text_encoder(spec: ModelSpec, known: dict | None = None) -> "NumpyTextEncoder | None":
+    """The text tower of a local model (a checkpoint directory, the shipped `shapes`, ARCH:/path.safetensors),
+    or None when this path does not cover it. `known`: the library's record of the weights (its hash is
+    trusted when the file's stat identity is unchanged)."""
+    token_ids = None
     if spec.kind in ("builtin", "dir"):
-        cfg_path = Path(spec.path) / CONFIG_NAME
+        conf = read_checkpoint_config(spec.path)
         weights = Path(spec.path) / SAFETENSORS_NAME
-        if not cfg_path.is_file() or not weights.is_file():
+        if conf is None or not weights.is_file():
             return None
-        conf = json.loads(cfg_path.read_text())
         model_cfg = conf.get("model_cfg", {})
         extra = conf.get("clipsearch", {})
-        arch = extra.get("arch", model_cfg.get("name", "custom"))
-    elif spec.kind == "pretrained":  # where a full load found open_clip's download (openclip._remember_pretrained)
-        from .openclip import pretrained_record_path
-
-        rec_path = pretrained_record_path()
-        try:
-            rec = json.loads(rec_path.read_text()).get(spec.name) if rec_path else None
-        except (OSError, ValueError):
-            rec = None
-        if not rec or not str(rec.get("weights", "")).endswith(".safetensors") or not Path(rec["weights"]).is_file():
-            return None
-        model_cfg, weights, arch = rec["model_cfg"], Path(rec["weights"]), spec.arch
-        weights_id = f"pretrained:{spec.pretrained}"
+        arch, token_ids = extra.get("arch", model_cfg.get("name", "custom")), extra.get("token_ids")
     elif spec.kind == "file" and Path(spec.path).suffix == ".safetensors":
-        oc = _open_clip_dir()
+        oc = open_clip_dir()
         cfg_path = oc / "model_configs" / f"{spec.arch}.json" if oc else None
         if cfg_path is None or not cfg_path.is_file():
             return None
         model_cfg = json.loads(cfg_path.read_text())
-        weights = Path(spec.path)
-        arch = spec.arch
-    else:
+        weights, arch = Path(spec.path), spec.arch
+    else:  # ARCH:TAG and hf-hub: only through the library's record of where a full load found them
         return None
+    text = {"arch": arch, "model_cfg": model_cfg, "token_ids": token_ids}
+    return _make(spec.name, text, weights, known)
+
+
+def load_text_encoder_from_record(name: str, record: dict) -> "NumpyTextEncoder | None":
+    """The text tower of the weights a library recorded (`record`: _common.weights_source, with its "text"
+    config), read from the recorded path; None when the record has no text tower or the file is gone."""
+    text = record.get("text")  # only recorded for safetensors files (a Hugging Face blob has no suffix)
+    path = record.get("path")
+    if not text or not path or not Path(path).is_file():
+        return None
+    return _make(name, text, Path(path), record)
+
+
+def _make(name: str, text: dict, weights: Path, known: dict | None) -> "NumpyTextEncoder | None":
+    model_cfg = text.get("model_cfg") or {}
     if not _supported(model_cfg):
         return None
-    bpe = _open_clip_dir() / "bpe_simple_vocab_16e6.txt.gz" if _open_clip_dir() else None
+    oc = open_clip_dir()
+    bpe = oc / "bpe_simple_vocab_16e6.txt.gz" if oc else None
     if bpe is None or not bpe.is_file():
         return None
+    from safetensors import SafetensorError
+
     try:
         params = _read_text_weights(weights)
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, SafetensorError):
         return None
     if params is None:
         return None
-    if weights_id is None:
-        from .openclip import sha256_file
-
-        weights_id = "sha256:" + sha256_file(weights)
-    return NumpyTextEncoder(spec.name, arch, model_cfg, params, weights_id, str(bpe), extra.get("token_ids"))
+    source = weights_source(weights, text=text, known=known)
+    return NumpyTextEncoder(name, text.get("arch") or "custom", model_cfg, params, source, str(bpe),
+                            text.get("token_ids"))
 
 
 class _Rows:
@@ -161,13 +163,14 @@ def _read_text_weights(path: Path) -> dict | None:
 class NumpyTextEncoder:
     """embed_texts only: unit float32 rows, the same function as the model's text tower."""
 
-    def __init__(self, name: str, arch: str, model_cfg: dict, params: dict, weights_id: str, bpe_path: str,
+    def __init__(self, name: str, arch: str, model_cfg: dict, params: dict, source: dict, bpe_path: str,
                  token_ids: list[int] | None = None):
         text = model_cfg.get("text_cfg", {})
         self.name = name
         self.arch = arch
         self.dim = int(model_cfg["embed_dim"])
-        self.weights_id = weights_id
+        self.weights_source = source  # _common.weights_source: the file read, its stat identity and sha256
+        self.weights_id = weights_label(source["sha256"])
         self.context_length = int(text.get("context_length", 77))
         self.heads = int(text.get("heads", 8))
         self.layers = int(text.get("layers", 12))
@@ -175,7 +178,7 @@ class NumpyTextEncoder:
         self.eos_id = int(text.get("eos_id", 2))
         self.quick_gelu = bool(model_cfg.get("quick_gelu", False))
         self.tokenizer = _tokenizer(bpe_path)
-        self._token_ids = np.array(sorted({int(t) for t in token_ids if int(t) != 0}), np.int64) if token_ids else None
+        self._token_ids = [int(t) for t in token_ids] if token_ids else None
         p = params
         self.tok = p["token_embedding.weight"]
         self.pos = p["positional_embedding"]
@@ -202,8 +205,13 @@ class NumpyTextEncoder:
     def tokenize(self, texts) -> np.ndarray:
         tokens = self.tokenizer(list(texts), self.context_length)
         if self._token_ids is not None:
-            tokens = _remap(tokens, self._token_ids)
+            tokens = remap_token_ids(tokens, self._token_ids)
         return tokens
+
+    @property
+    def fingerprint(self) -> dict:
+        """The part of the library's fingerprint a text tower can vouch for (no image preprocessing)."""
+        return {"model": self.name, "arch": self.arch, "weights": self.weights_id, "dim": self.dim}
 
     def embed_texts(self, texts) -> np.ndarray:
         texts = list(texts)
@@ -299,15 +307,6 @@ def _erf(x: np.ndarray) -> np.ndarray:
         q *= x2
         q += c
     return x * p / q
-
-
-def _remap(tokens: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """clipsearch.training.vocab.remap_tokens in numpy: 0 -> 0, kept ids -> 2, 3, ..., others -> 1."""
-    if ids.size == 0:
-        return np.where(tokens == 0, 0, 1).astype(np.int64)
-    pos = np.searchsorted(ids, np.clip(tokens, 0, None)).clip(max=ids.size - 1)
-    out = np.where(ids[pos] == tokens, pos + 2, 1)
-    return np.where(tokens == 0, 0, out).astype(np.int64)
 
 
 # -- open_clip's SimpleTokenizer (clean="lower"), without torch -------------------------------------

@@ -37,23 +37,16 @@ def reduced_vocab_size(token_ids: Sequence[int]) -> int:
 def remap_tokens(tokens, token_ids: list[int]):
     """Map original tokenizer ids to the reduced vocabulary (see module doc).
 
-    tokens: LongTensor of original ids (any shape). Returns a LongTensor of the same shape:
-    0 -> 0, kept ids -> 2, 3, ... in ascending order of original id, anything else -> 1.
+    tokens: LongTensor of original ids (any shape). Returns a LongTensor of the same shape on the same
+    device: 0 -> 0, kept ids -> 2, 3, ... in ascending order of original id, anything else -> 1. The mapping
+    itself is the encoders' (encoders/_common.py), so training and search read texts the same way.
     """
     import torch
 
-    ids = torch.tensor([t for t in sorted(set(int(t) for t in token_ids)) if t != 0], dtype=torch.long)
+    from ..encoders._common import remap_token_ids
+
     tokens = torch.as_tensor(tokens, dtype=torch.long)
-    if ids.numel() == 0:
-        out = torch.ones_like(tokens)
-        out[tokens == 0] = 0
-        return out
-    pos = torch.searchsorted(ids, tokens.clamp(min=0))
-    pos_c = pos.clamp(max=ids.numel() - 1)
-    found = ids[pos_c] == tokens
-    out = torch.where(found, pos_c + 2, torch.ones_like(tokens))
-    out = torch.where(tokens == 0, torch.zeros_like(tokens), out)
-    return out
+    return torch.from_numpy(remap_token_ids(tokens.cpu().numpy(), token_ids)).to(tokens.device)
 
 
 def token_ids_for_texts(texts: Iterable[str], tokenizer=None) -> list[int]:
