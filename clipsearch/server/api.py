@@ -68,7 +68,7 @@ class FileInfo(BaseModel):
     folder: str
     name: str
     size: int | None
-    width: int | None
+    width: int | None = Field(description="in pixels, as it is shown (EXIF orientation applied)")
     height: int | None
     modified: str | None
     indexed: str | None
@@ -279,12 +279,13 @@ def image_info(request: Request, image_id: str):
         live = F.locate(catalog, iid)
     except NotFoundError:
         live = []
-    facts = F.photo_facts(live[0]) if live else {"format": None, "taken": None}
+    facts = F.photo_facts(live[0]) if live else {"format": None, "taken": None, "turned": False}
     out_files = []
     for r in rows:
         p = os.fsdecode(r["path"])
+        w, h = (r["height"], r["width"]) if facts["turned"] else (r["width"], r["height"])
         out_files.append({"path": p, "folder": os.path.dirname(p), "name": os.path.basename(p), "size": r["size"],
-                          "width": r["width"], "height": r["height"],
+                          "width": w, "height": h,
                           "modified": _iso(r["mtime_ns"] / 1e9 if r["mtime_ns"] is not None else None),
                           "indexed": _iso(r["indexed_at"])})
     base = f"/api/images/{iid}"

@@ -147,10 +147,11 @@ _EXIF_DATE = re.compile(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 
 
 def photo_facts(live: LiveFile) -> dict:
-    """What the file says about itself: format and the date it was taken (EXIF), read from its header."""
+    """What the file says about itself, from its header: format, the date it was taken (EXIF), and whether
+    its EXIF orientation turns it by 90 degrees (then it is shown with width and height swapped)."""
     from PIL import Image
 
-    facts: dict = {"format": None, "taken": None}
+    facts: dict = {"format": None, "taken": None, "turned": False}
     try:
         fd = os.open(live.real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
@@ -165,6 +166,7 @@ def photo_facts(live: LiveFile) -> dict:
                 with Image.open(f) as im:
                     facts["format"] = im.format
                     exif = im.getexif()
+                    facts["turned"] = exif.get(0x0112) in (5, 6, 7, 8)  # shown rotated by 90 degrees
                     raw = exif.get_ifd(0x8769).get(36867) or exif.get_ifd(0x8769).get(36868) or exif.get(306)
         facts["taken"] = _exif_date(raw)
     except Exception as e:  # noqa: BLE001 - a damaged header only loses the facts, never the request
