@@ -276,7 +276,7 @@ def image_info(request: Request, image_id: str):
     if not rows:
         raise NotFoundError(f"no indexed image with id {iid}")
     try:
-        live = F.locate(catalog, iid)
+        live = [f for f in F.locate(catalog, iid) if F.unchanged(f)]  # facts only from the very file indexed
     except NotFoundError:
         live = []
     facts = F.photo_facts(live[0]) if live else {"format": None, "taken": None, "turned": False}

@@ -91,6 +91,15 @@ def locate(catalog, image_id: int) -> list[LiveFile]:
     return out
 
 
+def unchanged(live: LiveFile) -> bool:
+    """Whether the file still has the size, mtime and inode the catalog recorded (no read)."""
+    try:
+        st = os.stat(live.real)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns, st.st_ino) == (live.row["size"], live.row["mtime_ns"], live.row["ino"])
+
+
 def read_verified(live: LiveFile, *, max_bytes: int = imaging.DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of the indexed file, checked to be what was indexed."""
     try:
