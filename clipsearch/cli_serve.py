@@ -9,14 +9,16 @@ import sys
 
 import click
 
-from .cli import default_library, handle_errors, library_option
-
 INSTALL_HINT = "the web page needs the `web` extra: pip install 'clipsearch[web]' (FastAPI and uvicorn)"
 TOKEN_ENV = "CLIPSEARCH_SERVE_TOKEN"
 
 
-def register(cli) -> None:
-    cli.add_command(serve)
+def register(group: click.Group) -> None:
+    """Add `serve` to clipsearch's CLI group (cli.py calls this while it is being imported: the shared
+    options are taken from it here, not at this module's import)."""
+    from .cli import handle_errors, library_option
+
+    group.add_command(_command(handle_errors, library_option))
 
 
 def _missing_web_extra() -> str | None:
@@ -45,7 +47,7 @@ def plan_access(host: str, extra_hosts: tuple[str, ...], environ) -> dict:
     bare = host.strip("[]").lower()
     wildcard = bare in ("0.0.0.0", "::", "")
     allowed = list(LOOPBACK_HOSTS) + [h.lower() for h in extra_hosts]
-    if not loopback and not wildcard:
+    if not wildcard:  # the address it is bound to (127.0.0.2 is loopback too)
         allowed.append(f"[{bare}]" if ":" in bare else bare)
     if wildcard:
         allowed.extend(sorted(_machine_names()))
@@ -60,33 +62,43 @@ def _run(server, sock) -> None:
     server.run(sockets=[sock])
 
 
-@click.command()
-@library_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but a loopback address (127.0.0.1, ::1, localhost) makes the "
-                   "page reachable from other machines: it then needs the access token printed at start.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
-@click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
-              help="Another host name the page is opened by (checked against the Host header), e.g. a LAN name.")
-@click.option("--thumb-cache-mb", default=1024, show_default=True, type=click.IntRange(0),
-              help="Size cap of the thumbnail cache (the library's thumbs/ folder); 0: no cache on disk.")
-@handle_errors
-def serve(library, host, port, open_browser, allow_hosts, thumb_cache_mb):
-    """Serve a web page for searching the library, with a JSON API (described at /openapi.json).
+def _command(handle_errors, library_option) -> click.Command:
+    @click.command()
+    @library_option
+    @click.option("--host", default="127.0.0.1", show_default=True,
+                  help="Address to listen on. Anything but a loopback address (127.0.0.1, ::1, localhost) makes the "
+                       "page reachable from other machines: it then needs the access token printed at start.")
+    @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+    @click.option("--open", "open_browser", is_flag=True, help="Open the page in the web browser.")
+    @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+                  help="Another host name the page is opened by (checked against the Host header), e.g. a LAN name.")
+    @click.option("--thumb-cache-mb", default=1024, show_default=True, type=click.IntRange(0),
+                  help="Size cap of the thumbnail cache (the library's thumbs/ folder); 0: no cache on disk.")
+    @handle_errors
+    def serve(library, host, port, open_browser, allow_hosts, thumb_cache_mb):
+        """Serve a web page for searching the library, with a JSON API (described at /openapi.json).
 
-    Listens on 127.0.0.1 (this machine only) unless --host says otherwise. The model and the search
-    cache stay loaded; images indexed meanwhile by `clipsearch index` appear without a restart.
+        Listens on 127.0.0.1 (this machine only) unless --host says otherwise. The model and the search
+        cache stay loaded; images indexed meanwhile by `clipsearch index` appear without a restart.
 
-    \b
-    Example:
-      clipsearch serve --open
-      clipsearch serve --host 0.0.0.0 --port 8080     # on the network: prints a URL with the token
-    """
+        \b
+        Example:
+          clipsearch serve --open
+          clipsearch serve --host 0.0.0.0 --port 8080     # on the network: prints a URL with the token
+        """
+        _serve(library, host, port, open_browser=open_browser, allow_hosts=allow_hosts,
+               thumb_cache_mb=thumb_cache_mb)
+
+    return serve
+
+
+def _serve(library, host: str, port: int, *, open_browser: bool, allow_hosts: tuple[str, ...],
+           thumb_cache_mb: int) -> None:
     missing = _missing_web_extra()
     if missing:
         click.echo(f"Error: {INSTALL_HINT} (missing: {missing})", err=True)
         sys.exit(1)
+    from .cli import default_library
     from .reader import Reader
     from .server import create_app
     from .server.runner import bind, make_server
