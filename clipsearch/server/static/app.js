@@ -491,7 +491,10 @@
   let frame = 0;
   const onScroll = () => { if (!frame) frame = requestAnimationFrame(() => { frame = 0; renderVisible(); }); };
   window.addEventListener("scroll", onScroll, { passive: true });
-  window.addEventListener("resize", () => { if (!frame) frame = requestAnimationFrame(() => { frame = 0; layout(); }); });
+  let laidOutWidth = 0;  // a scroll bar appearing narrows the grid too: lay out again whenever its width changes
+  new ResizeObserver(() => {
+    if (grid.clientWidth !== laidOutWidth) { laidOutWidth = grid.clientWidth; layout(); }
+  }).observe(grid);
   window.addEventListener("popstate", () => {
     const p = new URLSearchParams(location.search);
     paramsToForm(p);
