@@ -157,3 +157,31 @@ def test_a_real_server_answers_and_stops_cleanly_on_a_signal(library, sig):
             proc.wait()
     assert proc.returncode == 0, err
     assert "clipsearch serve stopped." in err and "Traceback" not in err
+
+
+def test_the_servers_connections_send_without_waiting_for_acks():
+    """Without TCP_NODELAY a keep-alive response waited ~40 ms for the client's delayed ACK (Nagle's algorithm).
+    asyncio sets it on the connections of a listening socket only when that socket's proto is IPPROTO_TCP."""
+    import asyncio
+    import socket
+
+    sock = runner.bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    seen = []
+
+    async def main():
+        def connected(reader, writer):
+            s = writer.get_extra_info("socket")
+            seen.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        while not seen:
+            await asyncio.sleep(0.01)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen == [1]

@@ -8,6 +8,7 @@ URL or opens a path the client names.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import urllib.parse
@@ -17,7 +18,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query as Q, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -32,6 +33,13 @@ DEFAULT_PAGE = 60
 IMMUTABLE = "private, max-age=31536000, immutable"
 
 router = APIRouter(prefix="/api")
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: file names that are not UTF-8 travel as \\udcXX (as `--json` prints them)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class ThumbSize(IntEnum):
@@ -193,7 +201,7 @@ def build_query(p: SearchParams, upload_path: str | None = None) -> Query:
                  filters=p.filters, sort=p.sort)
 
 
-def _run_search(request: Request, p: SearchParams, upload: str | None) -> dict:
+def _run_search(request: Request, p: SearchParams, upload: str | None) -> Response:
     ctx = request.app.state.clipsearch
     path = None
     if upload is not None:
@@ -209,11 +217,14 @@ def _run_search(request: Request, p: SearchParams, upload: str | None) -> dict:
     for term in described["terms"]:
         if term["kind"] == "image":
             term["value"] = f"upload:{upload}"
-    return {
+    body = {
         "results": [{**r.to_dict(), "thumb": f"/api/images/{r.embedding_id}/thumb"} for r in page],
         "offset": p.offset, "limit": p.limit, "more": len(results) == query.k and query.k < MAX_K,
         "upload": upload, "query": described, "elapsed_ms": round(elapsed, 3),
     }
+    # sent as it is: validating up to a thousand results against the response model costs milliseconds, and
+    # the body is built right here (the schema tests check it against the description)
+    return AsciiJSONResponse(body)
 
 
 @router.get("/search", response_model=SearchResponse, responses=ERRORS)

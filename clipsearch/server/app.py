@@ -7,20 +7,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import (ClipSearchError, ConfigError, EmptyLibraryError, ImageError, LibraryError, LibraryNotFoundError,
                       ModelError, NotFoundError)
 from . import api
+from .api import AsciiJSONResponse
 from .files import RefusedError
 from .security import LOOPBACK_HOSTS, HostRules, SecurityMiddleware
 from .thumbs import DEFAULT_CACHE_BYTES, ThumbnailStore
@@ -28,13 +28,6 @@ from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadStore, UploadT
 
 STATIC = Path(__file__).resolve().parent / "static"
 THUMBS_DIR = "thumbs"
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped: file names that are not UTF-8 travel as \\udcXX (as `--json` prints them)."""
-
-    def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 @dataclass
