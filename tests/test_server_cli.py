@@ -137,14 +137,17 @@ def test_a_busy_port_is_a_clear_error(library):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_real_server_answers_and_stops_cleanly_on_a_signal(library, sig):
-    env = {k: v for k, v in os.environ.items() if k != "CLIPSEARCH_HOME"}
-    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", "--library", str(library), "--port", "0"],
+def test_a_real_server_answers_and_stops_cleanly_on_a_signal(library, sig, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[serve]\nport = 0\nthumb-cache-mb = 8\n")  # a [serve] table in the config file
+    env = {**{k: v for k, v in os.environ.items() if k != "CLIPSEARCH_HOME"}, "CLIPSEARCH_CONFIG": str(config)}
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch", "serve", "--library", str(library)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()  # printed once the socket listens
         assert line.startswith("Serving at http://127.0.0.1:"), (line, proc.stderr.read() if not line else "")
         url = line.split()[-1]
+        assert not url.endswith(":8000/")  # the port came from the config file
         status = httpx.get(url + "api/status", timeout=60).json()
         assert status["images"] == 36 and status["model"] == "shapes"
         res = httpx.get(url + "api/search", params={"q": "a red circle", "limit": 3}, timeout=60)

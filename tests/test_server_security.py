@@ -144,7 +144,7 @@ def test_a_token_in_the_url_becomes_a_cookie_and_leaves_the_url(reader, tmp_path
         assert res.headers["location"] == "/?q=a+red+circle&sort=date"
         cookie = res.headers["set-cookie"]
         assert cookie.startswith(f"{cookie_name(TOKEN)}={TOKEN};")
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
         c.cookies.set(cookie_name(TOKEN), TOKEN)
         page = c.get("/", params={"q": "a red circle"})
         assert page.status_code == 200

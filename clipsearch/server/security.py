@@ -176,7 +176,9 @@ class SecurityMiddleware:
         rest = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
                 if k != "token"]
         location = scope["path"] + ("?" + urlencode(rest) if rest else "")
-        cookie = f"{self.cookie}={self.token.decode()}; Path=/; HttpOnly; SameSite=Strict"
+        # Lax: a link to the page from elsewhere still carries it (only as a top-level GET, which the
+        # cross-site rule lets reach the page and nothing else); Strict would drop it after this redirect
+        cookie = f"{self.cookie}={self.token.decode()}; Path=/; HttpOnly; SameSite=Lax"
         await send({"type": "http.response.start", "status": 303,
                     "headers": [(b"location", location.encode("latin-1", "replace")),
                                 (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store"),
