@@ -446,6 +446,7 @@ def check(library, repair, as_json):
 
 
 def _register_optional_commands() -> None:
+    __import__(f"{__package__}.cli_serve").cli_serve.register(cli)  # `clipsearch serve`: the web page
     try:
         from .cli_training import register
     except ModuleNotFoundError as e:  # a trimmed install without the training toolkit

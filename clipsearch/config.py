@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-COMMANDS = ("index", "query", "status", "check", "shapes", "train", "eval", "inspect")
+COMMANDS = ("index", "query", "status", "check", "serve", "shapes", "train", "eval", "inspect")
 
 
 def config_path(env: dict) -> Path:

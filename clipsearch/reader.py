@@ -238,6 +238,28 @@ class Reader:
             raise ImageError(f"cannot use query image {p}: {e.reason}") from None
         return encoder.embed_batch([encoder.preprocess(img)])[0], None
 
+    # -- status ---------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What the library holds: model, dimension, counts, roots, last index time, commit sequence."""
+        import time
+
+        meta = self.catalog.all_meta()
+        counts = self.catalog.counts()
+        last = meta.get("last_index_at")
+        return {
+            "library": str(self.path),
+            "model": meta.get("model"),
+            "model_fingerprint": meta.get("model_fingerprint"),
+            "dim": int(meta["dim"]) if meta.get("dim") else None,
+            "images": counts["ok"],
+            "vectors": counts["vectors"],
+            "failed": counts["failed"],
+            "deleted": counts["deleted"],
+            "roots": [os.fsdecode(r["path"]) for r in self.catalog.roots()],
+            "last_index": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(last))) if last else None,
+            "seq": int(meta.get("seq", 0)),
+        }
+
 
 class _Sources:
     """search.Sources for one reader."""

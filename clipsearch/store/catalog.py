@@ -392,12 +392,18 @@ class Catalog:
                 sa.select(files_table.c.path, files_table.c.error).where(files_table.c.status == "failed")
                 .order_by(files_table.c.path))]
 
-    def has_embedding(self, content_hash: str) -> bool:
-        """Whether this content has a vector already. Safe from several threads at once: the engine is shared,
-        each call takes its own connection (a connection must not be shared between threads)."""
-        with self._reader.connect() as conn:
-            return conn.execute(sa.select(embeddings_table.c.id)
-                                .where(embeddings_table.c.content_hash == content_hash).limit(1)).first() is not None
+    # -- reads for the web page -------------------------------------------------------------------
+    def image_files(self, emb_id: int) -> list[dict]:
+        """The live files of a live embedding, by path: what the web page may show for an image id."""
+        with self.read() as conn:
+            q = (sa.select(files_table.c.path, files_table.c.root_id, files_table.c.size, files_table.c.mtime_ns,
+                           files_table.c.ino, files_table.c.content_hash, files_table.c.width, files_table.c.height,
+                           files_table.c.indexed_at)
+                 .select_from(files_table.join(embeddings_table, embeddings_table.c.id == files_table.c.embedding_id))
+                 .where(files_table.c.embedding_id == int(emb_id), files_table.c.status == "ok",
+                        embeddings_table.c.live == 1)
+                 .order_by(files_table.c.path))
+            return [dict(r._mapping) for r in conn.execute(q)]
 
 
 def _refresh_live(conn, emb_ids: set[int], seq: int) -> None:

@@ -1,0 +1,215 @@
+"""Web page latency: warm text searches over HTTP (`clipsearch serve`) next to the same searches through the
+Python API, and the time to the first thumbnail grid in a headless browser.
+
+    python benchmarks/http_latency.py                 # a library of 100,000 images
+    python benchmarks/http_latency.py --n 20000 --queries 20 --browser-runs 3
+
+The library is built with the store API (random unit vectors, as benchmarks/query_latency.py does) whose
+files are real: hard links to a few hundred distinct JPEGs, with the stat fields an index run would record,
+so the page can show their thumbnails. The model is ViT-B-32 with random weights (speed does not depend on
+their values).
+
+HTTP: `clipsearch serve --port 0` in its own process, one keep-alive client in this one, GET
+/api/search?q=TEXT&limit=K; each query is also run through a Reader in this process right before it (the
+same texts, the same k), so both columns see the same machine load. Browser: Debian's headless chromium
+opening /?q=TEXT, from navigation start to every thumbnail in view decoded (the page records it in
+window.clipsearchTimings.grid): new queries with cold thumbnails (made and cached by the server), then the same
+queries again (cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's clipsearch, installed or not
+from _common import ARCH, DEFAULT_WORK, machine, versions, vit_b32_weights  # noqa: E402
+from query_latency import QUERIES, fmt, pct  # noqa: E402
+
+DISTINCT_FILES = 300
+FILES_PER_DIR = 1000
+
+
+def make_pictures(folder: Path, n: int) -> list[Path]:
+    """n distinct camera-like JPEGs (640x480, blocks of colour and a gradient)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 60, 640, dtype=np.float32)[None, :, None]
+    for i in range(n):
+        p = folder / f"src_{i:04d}.jpg"
+        if not p.exists():
+            blocks = rng.integers(0, 196, size=(6, 8, 3)).astype(np.float32)
+            img = np.kron(blocks, np.ones((80, 80, 1), dtype=np.float32)) + ramp
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB").save(p, quality=88)
+        out.append(p)
+    return out
+
+
+def build_library(path: Path, photos: Path, n: int, model: str) -> None:
+    """n random unit vectors committed with the store API; file i is a hard link to one of the pictures."""
+    import numpy as np
+
+    from clipsearch.library import Library
+    from clipsearch.store import Record
+
+    if (path / ".complete").exists():
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(photos, ignore_errors=True)
+    t = time.perf_counter()
+    sources = make_pictures(photos.parent / f"{photos.name}-sources", DISTINCT_FILES)
+    lib = Library.open(path, model=model, create=True)
+    try:
+        dim = lib.encoder.dim  # records the model's fingerprint (loads the full model once)
+        cat = lib.catalog
+        root = cat.add_root(os.fsencode(photos))
+        scan = cat.new_scan()
+        rng = np.random.default_rng(0)
+        chunk = 20_000
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            v = rng.standard_normal((m, dim), dtype=np.float32)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            recs = []
+            for i in range(start, start + m):
+                d = photos / f"{i // FILES_PER_DIR:04d}"
+                if i % FILES_PER_DIR == 0:
+                    d.mkdir(parents=True, exist_ok=True)
+                f = d / f"IMG_{i:07d}.jpg"
+                os.link(sources[i % len(sources)], f)
+                st = f.stat()
+                recs.append(Record(path=os.fsencode(f), size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino,
+                                   content_hash=f"{i:040x}", vector=v[i - start], width=640, height=480))
+            cat.commit_batch(recs, root_id=root, scan=scan)
+        cat.touch_root(root, complete=True)
+        lib._publish(lib.vector_index())  # the cache file, as an index run leaves it
+        cat.checkpoint()
+    finally:
+        lib.close()
+    (path / ".complete").write_text("ok")
+    print(f"  built {n:,} images in {time.perf_counter() - t:.0f}s", flush=True)
+
+
+def start_server(path: Path) -> tuple[subprocess.Popen, str]:
+    exe = shutil.which("clipsearch")
+    cmd = [exe] if exe else [sys.executable, "-m", "clipsearch"]
+    t = time.perf_counter()
+    log = open(path.parent / f"{path.name}-serve.log", "w")
+    proc = subprocess.Popen([*cmd, "serve", "--library", str(path), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=log, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("Serving at "):
+        proc.kill()
+        raise SystemExit(f"clipsearch serve did not start; see {log.name}")
+    print(f"  `clipsearch serve` ready in {time.perf_counter() - t:.1f}s (cache and text model loaded)", flush=True)
+    return proc, line.split()[-1].rstrip("/")
+
+
+def http_vs_api(path: Path, url: str, n_queries: int, k: int) -> None:
+    import httpx
+
+    from clipsearch import Query, Reader
+
+    texts = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(n_queries)]
+    api, http, inside = [], [], []
+    with Reader.open(path) as reader, httpx.Client(base_url=url, timeout=60) as client:
+        for warm in ("warm up", "a second warm up"):
+            reader.search(Query.text(warm, k=k))
+            client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
+        for text in texts:
+            t0 = time.perf_counter()
+            res = reader.search(Query.text(text, k=k))
+            t1 = time.perf_counter()
+            r = client.get("/api/search", params={"q": text, "limit": k})
+            t2 = time.perf_counter()
+            r.raise_for_status()
+            body = r.json()
+            assert [x["id"] for x in body["results"]] == [x.embedding_id for x in res]  # the same answer
+            api.append(t1 - t0)
+            http.append(t2 - t1)
+            inside.append(body["elapsed_ms"] / 1000)
+    print(f"  warm text search, k={k}, {n_queries} queries (each through the Python API, then over HTTP):")
+    print(f"    Python API (Reader.search)          {fmt(api)}")
+    print(f"    HTTP GET /api/search                {fmt(http)}")
+    print(f"    (search inside the server)          {fmt(inside)}")
+    print(f"    (HTTP minus API, per query p50)     {1000 * pct([h - a for h, a in zip(http, api)], 0.5):7.1f} ms")
+
+
+def browser_grid(url: str, path: Path, runs: int) -> None:
+    if not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")):
+        print("  browser: /usr/bin/chromium or /usr/bin/chromedriver missing; apt-get install chromium chromium-driver")
+        return
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shutil.rmtree(path / "thumbs", ignore_errors=True)  # cold thumbnails
+    home = tempfile.mkdtemp(prefix="clipsearch-bench-browser-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900",
+                f"--user-data-dir={home}/profile", "--disable-background-networking", "--no-first-run"):
+        opts.add_argument(arg)
+    os.environ["SE_OFFLINE"] = "true"
+    driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver",
+                                                            env={**os.environ, "HOME": home}))
+    try:
+        texts = [f"{QUERIES[i % len(QUERIES)]} in the grid {i}" for i in range(runs)]
+        print(f"  browser (headless chromium, 1280x900), {runs} searches opened as /?q=TEXT, from navigation start:")
+        for phase in ("cold", "cached"):
+            grid, results = [], []
+            for text in texts:
+                driver.get(f"{url}/?q={text.replace(' ', '+')}")
+                WebDriverWait(driver, 120).until(lambda d: d.execute_script("return window.clipsearchTimings.grid"))
+                t = driver.execute_script("return window.clipsearchTimings")
+                grid.append(t["grid"] / 1000)
+                results.append(t["results"] / 1000)
+            in_view = driver.execute_script(
+                "return [...document.querySelectorAll('#grid .tile')]"
+                ".filter(t => t.getBoundingClientRect().top < innerHeight).length")
+            print(f"    {phase + ' thumbnails:':<19} results listed {fmt(results)}")
+            print(f"    {'':<19} first grid     {fmt(grid)}   ({in_view} thumbnails in view)")
+    finally:
+        driver.quit()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--n", type=int, default=100_000, help="images in the library (default 100,000)")
+    ap.add_argument("--queries", type=int, default=40)
+    ap.add_argument("--browser-runs", type=int, default=5)
+    args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # what the CLI sets; must precede numpy's import
+    print(f"machine: {machine()}")
+    print(f"versions: {versions()}")
+    weights = vit_b32_weights(args.work)
+    path = args.work / f"httplib-{args.n}"
+    print(f"\nlibrary of {args.n:,} images ({path})", flush=True)
+    build_library(path, args.work / f"httplib-{args.n}-photos", args.n, f"{ARCH}:{weights}")
+    proc, url = start_server(path)
+    try:
+        for k in (10, 60):
+            http_vs_api(path, url, args.queries, k)
+        browser_grid(url, path, args.browser_runs)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
