@@ -167,8 +167,9 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id}.")
 @click.option("-0", "--null", "null", is_flag=True,
               help="Print only the paths, each ended by a NUL byte (for xargs -0: any file name is unambiguous).")
+@click.option("--collapse", is_flag=True, help="Show one image per 'same picture' group (see `clipsearch duplicates`).")
 @handle_errors
-def query(text, image, k, library, model, device, precision, min_score, as_json, null):
+def query(text, image, k, library, model, device, precision, min_score, as_json, null, collapse):
     """Search the library by TEXT or by --image PATH; prints rank, score (cosine) and path."""
     if k < 1:
         raise click.BadParameter(f"k must be at least 1, not {k}", param_hint="-k/--limit")
@@ -186,6 +187,10 @@ def query(text, image, k, library, model, device, precision, min_score, as_json,
             results = lib.search(text, k=k, min_score=min_score)
         else:
             results = lib.search(image=image, k=k, min_score=min_score)
+        if collapse:
+            from .tools.duplicates import collapse as collapse_results
+
+            results = collapse_results(results, lib.reader)
     if as_json:
         print_json([r.to_dict() for r in results])
         return
@@ -244,6 +249,9 @@ def check(library, repair, as_json):
 
 
 def _register_optional_commands() -> None:
+    from .cli_tools import register as register_tools  # duplicates, classify, tag, map, ls, forget
+
+    register_tools(cli)
     try:
         from .cli_training import register
     except ModuleNotFoundError as e:  # a trimmed install without the training toolkit

@@ -24,6 +24,7 @@ from clipsearch import Library
 from clipsearch.cli import cli
 from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError,
                                NotALibraryError, SchemaTooNewError)
+from clipsearch.store import SCHEMA_HEAD
 
 from conftest import make_image, run_cli, write_checkpoint
 from reliability_helpers import FakeEncoder, db_rows
@@ -209,6 +210,7 @@ def make_schema_0001(tmp_path: Path) -> Path:
         lib.index([root])
     con = sqlite3.connect(lib_dir / "library.db")
     con.execute("ALTER TABLE files DROP COLUMN ctime_ns")
+    con.execute("DROP TABLE tags")  # schema 0004
     con.execute("UPDATE alembic_version SET version_num='0001'")
     con.commit()
     con.close()
@@ -223,7 +225,7 @@ def test_migrating_an_old_schema_keeps_everything_and_snapshots_first(tmp_path):
         assert lib.check().ok
         report = lib.index([tmp_path / "p"])
         assert report.unchanged == 5 and report.embedded == 0
-    assert db_rows(lib_dir, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert db_rows(lib_dir, "SELECT version_num FROM alembic_version") == [(SCHEMA_HEAD,)]
     after = db_rows(lib_dir, "SELECT f.path, f.status, e.vector FROM files f JOIN embeddings e ON e.id=f.embedding_id "
                              "ORDER BY f.path")
     assert after == before
@@ -263,7 +265,7 @@ def test_crash_and_exception_mid_migration_leave_the_old_schema(tmp_path, monkey
     assert "ctime_ns" not in {r[1] for r in db_rows(lib_dir, "PRAGMA table_info(files)")}
     with Library.open(lib_dir, create=False) as lib:  # and then it migrates
         assert lib.check().ok and lib.status()["images"] == 5
-    assert db_rows(lib_dir, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert db_rows(lib_dir, "SELECT version_num FROM alembic_version") == [(SCHEMA_HEAD,)]
 
 
 def test_newer_schema_is_refused_untouched(tmp_path):
