@@ -139,8 +139,9 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
             report = lib.index(list(paths) if paths else None, on_progress=progress)
         finally:
             bar.close()
+        failed = lib.catalog.counts()["failed"]  # this run's skipped files and earlier failures left unchanged
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "failed": failed})
         return
     for s in report.skipped:
         echo_bytes(f"skipped {s.path}: {s.reason}", err=True)
@@ -153,6 +154,9 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
         f"skipped {len(report.skipped)} ({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s",
         err=True,
     )
+    if failed:
+        click.echo(f"{failed} file(s) of the library could not be indexed, this run or before (why: clipsearch ls --failed)",
+                   err=True)
 
 
 @cli.command()
@@ -191,16 +195,19 @@ def query(text, image, k, library, model, device, precision, min_score, as_json,
             from .tools.duplicates import collapse as collapse_results
 
             results = collapse_results(results, lib.reader)
+        from .tools.manage import offline_flags
+
+        offline = offline_flags([r.path for r in results], lib.catalog)
     if as_json:
-        print_json([r.to_dict() for r in results])
+        print_json([{**r.to_dict(), "offline": off} for r, off in zip(results, offline)])
         return
     if null:
         sys.stdout.flush()
         sys.stdout.buffer.write(b"".join(os.fsencode(r.path) + b"\0" for r in results))
         sys.stdout.buffer.flush()
         return
-    for r in results:
-        echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")
+    for r, off in zip(results, offline):
+        echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}" + ("  (offline)" if off else ""))
 
 
 @cli.command()
@@ -214,11 +221,13 @@ def status(library, as_json):
     if as_json:
         print_json(info)
         return
-    for key in ("library", "model", "dim", "images", "failed", "deleted", "last_index"):
+    for key in ("library", "model", "dim", "images", "failed", "offline", "deleted", "last_index"):
         click.echo(f"{key + ':':<12} {info[key] if info[key] is not None else '-'}")
     click.echo("roots:")
     for r in info["roots"]:
-        echo_bytes(f"  {r}")
+        echo_bytes(f"  {r}" + ("  (offline: not mounted or missing; its files are kept)" if r in info["offline_roots"] else ""))
+    if info["failed"]:
+        click.echo("see why files failed: clipsearch ls --failed", err=True)
 
 
 @cli.command()

@@ -82,6 +82,49 @@ def duplicates(library, threshold, pixel_threshold, similar, similar_threshold, 
     click.echo(f"{len(groups)} group(s): {shown}", err=True)
 
 
+@click.command("ls")
+@library_option
+@click.option("--failed", is_flag=True, help="Only the files that could not be indexed, with the reason.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Only files under this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print [{path, status, reason, id, size, width, height, offline}].")
+@handle_errors
+def ls(library, failed, root, as_json):
+    """List the indexed files with their status (ok or failed, and offline when their folder is not mounted)."""
+    from .tools.manage import list_files
+
+    with open_library(library, create=False) as lib:
+        entries = list(list_files(lib.catalog, root=root, failed=failed))
+    if as_json:
+        print_json([e.to_dict() for e in entries])
+        return
+    for e in entries:
+        status = e.status + (",offline" if e.offline else "")
+        line = f"{status:<10} {e.path}"
+        if e.reason:
+            line += f": {e.reason}"
+        echo_bytes(line)
+    click.echo(f"{len(entries)} file(s)", err=True)
+
+
+@click.command()
+@click.argument("root", type=click.Path(file_okay=False, path_type=str))
+@library_option
+@click.option("--json", "as_json", is_flag=True, help="Print {root, files, seq}.")
+@handle_errors
+def forget(root, library, as_json):
+    """Remove a folder (a root the library indexes) and its files from the library. The files themselves
+    are not touched; `clipsearch index ROOT` adds them back (their vectors are kept, no model run)."""
+    from .tools.manage import forget as forget_root
+
+    with open_library(library, create=False) as lib:
+        report = forget_root(lib, root)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    echo_bytes(f"forgot {report.root}: {report.files} file(s) removed from the library", err=True)
+
+
 def register(cli: click.Group) -> None:
-    for command in (duplicates,):
+    for command in (duplicates, ls, forget):
         cli.add_command(command)
