@@ -125,6 +125,72 @@ def forget(root, library, as_json):
     echo_bytes(f"forgot {report.root}: {report.files} file(s) removed from the library", err=True)
 
 
+def _labels_options(f):
+    f = click.option("--template", "templates", multiple=True,
+                     help="A prompt template with {} for the label (repeatable; default: the model's ensemble).")(f)
+    f = click.option("--labels-file", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+                     help="Labels, one a line (or comma-separated).")(f)
+    f = click.option("--labels", default=None, help='Comma-separated labels, e.g. "a dog,a cat,a car".')(f)
+    return f
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=str)
+@_labels_options
+@click.option("--library-wide", is_flag=True, help="Label every indexed image (from the stored vectors).")
+@click.option("-k", "--top", "k", default=3, show_default=True, type=click.IntRange(1, 1000), help="Labels per image.")
+@library_option
+@click.option("--json", "as_json", is_flag=True, help="Print [{path, id, labels: [{label, probability}]}].")
+@handle_errors
+def classify(images, labels, labels_file, templates, library_wide, k, library, as_json):
+    """Zero-shot labels for IMAGE files (or, with --library-wide, every indexed image) with the library's model:
+    each label's prompts averaged, softmax over the model's own logit scale times the cosine. Indexed images
+    use their stored vectors."""
+    from .tools.classify import Classification, classify as classify_images, classify_library, parse_labels
+
+    if library_wide == bool(images):
+        raise click.UsageError("give IMAGE files or --library-wide (one of them)")
+    wanted = parse_labels(labels, labels_file)
+    with open_library(library, create=False) as lib:
+        if library_wide:
+            rows = classify_library(lib.reader, wanted, k=k, templates=templates or None)
+            found = [Classification(p, eid, top) for eid, paths, top in rows for p in paths]
+            found.sort(key=lambda c: c.path)
+        else:
+            found = classify_images(lib.reader, images, wanted, k=k, templates=templates or None)
+    if as_json:
+        print_json([c.to_dict() for c in found])
+        return
+    for c in found:
+        echo_bytes(c.path)
+        for label, p in c.labels:
+            click.echo(f"  {p:.4f}  {label}")
+
+
+@click.command()
+@_labels_options
+@click.option("-k", "--top", "k", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Tags per image (its most probable labels).")
+@click.option("--min-probability", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Leave out labels less probable than this.")
+@library_option
+@click.option("--json", "as_json", is_flag=True, help="Print {tag: images}.")
+@handle_errors
+def tag(labels, labels_file, templates, k, min_probability, library, as_json):
+    """Tag every indexed image with its most probable labels (zero-shot, stored vectors), replacing its old tags.
+    Search filters can then select images by tag."""
+    from .tools.classify import parse_labels, tag_library
+
+    wanted = parse_labels(labels, labels_file)
+    with open_library(library, create=False) as lib:
+        counts = tag_library(lib, wanted, k=k, min_probability=min_probability, templates=templates or None)
+    if as_json:
+        print_json(counts)
+        return
+    for label in wanted:
+        click.echo(f"{counts.get(label, 0):>7}  {label}")
+
+
 def register(cli: click.Group) -> None:
-    for command in (duplicates, ls, forget):
+    for command in (duplicates, ls, forget, classify, tag):
         cli.add_command(command)
