@@ -191,6 +191,37 @@ def tag(labels, labels_file, templates, k, min_probability, library, as_json):
         click.echo(f"{counts.get(label, 0):>7}  {label}")
 
 
+@click.command("map")
+@click.option("--out", "outs", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the map: .html (self-contained), .png, or .json (coordinates); repeatable.")
+@click.option("--query", "queries", multiple=True, help="A text to place on the map as a labelled point (repeatable).")
+@click.option("--color-by", type=click.Choice(["folder", "tag"]), default="folder", show_default=True)
+@click.option("--method", type=click.Choice(["auto", "pca", "umap"]), default="auto", show_default=True,
+              help="auto: UMAP when umap-learn is installed (pip install 'clipsearch[map]'), else PCA.")
+@library_option
+@handle_errors
+def map_command(outs, queries, color_by, method, library):
+    """Draw the library's embedding space in 2-D with thumbnails, so clusters can be seen."""
+    from .tools.map import build_map, write_html, write_json, write_png
+
+    writers = {".html": write_html, ".htm": write_html, ".png": write_png, ".json": write_json}
+    for out in outs:
+        if os.path.splitext(out)[1].lower() not in writers:
+            raise click.BadParameter(f"{out}: the map is written as .html, .png or .json", param_hint="--out")
+    from .query import check_query_text
+
+    for q in queries:
+        try:
+            check_query_text(q)
+        except Exception as e:
+            raise click.BadParameter(str(e), param_hint="--query") from None
+    with open_library(library, create=False) as lib:
+        m = build_map(lib.reader, queries=list(queries), color_by=color_by, method=method)
+    for out in outs:
+        writers[os.path.splitext(out)[1].lower()](m, out)
+        echo_bytes(f"wrote {out} ({len(m.points)} images, {m.method})", err=True)
+
+
 def register(cli: click.Group) -> None:
-    for command in (duplicates, ls, forget, classify, tag):
+    for command in (duplicates, ls, forget, classify, tag, map_command):
         cli.add_command(command)
