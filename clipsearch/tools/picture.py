@@ -28,6 +28,7 @@ BLUR = 1.5  # Gaussian radius at SIDE, pixels
 PERCENTILE = 99.0
 MAX_CROP = 0.06  # a "light crop": up to 6 % off each dimension
 MAX_ASPECT_CHANGE = 0.10  # pictures whose aspect ratios differ more are different pictures
+MAX_MEAN_SHIFT = 0.15  # a light crop moves the mean colour less (6 % of the frame); more: another picture
 PIXEL_THRESHOLD = 0.04  # the default distance at or below which two images are the same picture (benchmarks/duplicates.py)
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -109,6 +110,9 @@ def registered(a: Picture, b: Picture, *, give_up_above: float | None = None):
     `give_up_above`, that value is returned without refining (a pair that is surely not the same picture)."""
     if abs(np.log(a.aspect / b.aspect)) > MAX_ASPECT_CHANGE:
         return float("inf"), None
+    shift = float(np.abs(a.whole.mean(axis=(0, 1)) - b.whole.mean(axis=(0, 1))).max())
+    if shift > MAX_MEAN_SHIFT:
+        return max(shift, 2 * MAX_MEAN_SHIFT), None  # surely different, found without registering
     best = (float("inf"), 1.0, 0.5, 0.5, a, b)
     for big, small in ((a, b), (b, a)):  # `small` is (maybe) a crop of `big`
         target = small.whole
