@@ -213,8 +213,9 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
             report = lib.index(list(paths) if paths else None, on_progress=progress)
         finally:
             bar.close()
+        failed = lib.catalog.counts()["failed"]  # this run's skipped files and earlier failures left unchanged
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "failed": failed})
         return
     for s in report.skipped:
         echo_bytes(f"skipped {s.path}: {s.reason}", err=True)
@@ -227,6 +228,9 @@ def index(paths, library, model, batch_size, workers, device, precision, max_meg
         f"skipped {len(report.skipped)} ({report.embedded} embedded, {report.reused} reused) in {report.seconds:.1f}s",
         err=True,
     )
+    if failed:
+        click.echo(f"{failed} file(s) of the library could not be indexed, this run or before (why: clipsearch ls --failed)",
+                   err=True)
 
 
 def _epoch(value: str | None, flag: str) -> float | None:
@@ -354,12 +358,13 @@ def _nothing_found(query) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {rank, score, path, id, ...}.")
 @click.option("-0", "--null", "null", is_flag=True,
               help="Print only the paths, each ended by a NUL byte (for xargs -0: any file name is unambiguous).")
+@click.option("--collapse", is_flag=True, help="Show one image per 'same picture' group (see `clipsearch duplicates`).")
 @verbose_option
 @handle_errors
 def query(text, and_texts, not_texts, images, not_images, likes, unlikes, include_self, templates, no_templates,
           folder, path_glob, modified_after, modified_before, taken_after, taken_before, min_width, min_height,
           min_megapixels, max_megapixels, formats, sort, cutoff, min_score, k, library, model, device, precision,
-          as_json, null):
+          as_json, null, collapse):
     """Search the library: by TEXT, example images and indexed images, steered with --and/--not; prints
     rank, score (cosine) and path.
 
@@ -381,8 +386,15 @@ def query(text, and_texts, not_texts, images, not_images, likes, unlikes, includ
                     max_megapixels=max_megapixels, formats=formats)
     with open_library(library, model=model, create=False, device=device, precision=precision) as lib:
         results = lib.search(q)
+        if collapse:
+            from .tools.duplicates import collapse as collapse_results
+
+            results = collapse_results(results, lib.reader)
+        from .tools.manage import offline_flags
+
+        offline = offline_flags([r.path for r in results], lib.catalog)
     if as_json:
-        print_json([r.to_dict() for r in results])
+        print_json([{**r.to_dict(), "offline": off} for r, off in zip(results, offline)])
         return
     if null:
         sys.stdout.flush()
@@ -392,12 +404,13 @@ def query(text, and_texts, not_texts, images, not_images, likes, unlikes, includ
     if not results:
         click.echo(_nothing_found(q), err=True)
         return
-    for r in results:
+    for r, off in zip(results, offline):
+        mark = "  (offline)" if off else ""
         if q.sort == "date":  # when the photo was taken (else the file's modification time, marked "file")
             when = r.taken or (f"{r.modified[:19]} file" if r.modified else "-")
-            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {when.replace('T', ' ')[:24]:<24}  {r.path}")
+            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {when.replace('T', ' ')[:24]:<24}  {r.path}{mark}")
         else:
-            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}")
+            echo_bytes(f"{r.rank:>3}  {r.score:.4f}  {r.path}{mark}")
 
 
 @cli.command()
@@ -411,11 +424,13 @@ def status(library, as_json):
     if as_json:
         print_json(info)
         return
-    for key in ("library", "model", "dim", "images", "failed", "deleted", "last_index"):
+    for key in ("library", "model", "dim", "images", "failed", "offline", "deleted", "last_index"):
         click.echo(f"{key + ':':<12} {info[key] if info[key] is not None else '-'}")
     click.echo("roots:")
     for r in info["roots"]:
-        echo_bytes(f"  {r}")
+        echo_bytes(f"  {r}" + ("  (offline: not mounted or missing; its files are kept)" if r in info["offline_roots"] else ""))
+    if info["failed"]:
+        click.echo("see why files failed: clipsearch ls --failed", err=True)
 
 
 @cli.command()
@@ -447,6 +462,9 @@ def check(library, repair, as_json):
 
 def _register_optional_commands() -> None:
     __import__(f"{__package__}.cli_serve").cli_serve.register(cli)  # `clipsearch serve`: the web page
+    from .cli_tools import register as register_tools  # duplicates, classify, tag, map, ls, forget
+
+    register_tools(cli)
     try:
         from .cli_training import register
     except ModuleNotFoundError as e:  # a trimmed install without the training toolkit

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-COMMANDS = ("index", "query", "status", "check", "serve", "shapes", "train", "eval", "inspect")
+COMMANDS = ("index", "query", "status", "check", "serve", "shapes", "train", "eval", "inspect", "duplicates",
+            "classify", "tag", "map", "ls", "forget")
 
 
 def config_path(env: dict) -> Path:

@@ -89,7 +89,8 @@ class Filters:
 
     folder: only files under this directory; path_glob: a shell glob on the whole path; modified_*:
     file modification time (seconds since the epoch); taken_*: the photo's own date (EXIF
-    DateTimeOriginal); width/height/megapixels bounds; formats: lower-case names like "jpeg", "png".
+    DateTimeOriginal); width/height/megapixels bounds; formats: lower-case names like "jpeg", "png";
+    tags: labels given by `clipsearch tag` (any of them; Catalog.tag_condition).
     """
 
     folder: str | None = None
@@ -103,6 +104,7 @@ class Filters:
     min_megapixels: float | None = None
     max_megapixels: float | None = None
     formats: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # images whose content carries any of these tags (`clipsearch tag`)
 
     @property
     def active(self) -> bool:

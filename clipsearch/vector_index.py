@@ -361,3 +361,60 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# -- near-neighbour pairs (clipsearch.tools.duplicates) ------------------------------------------
+PAIRS_EXACT_MAX = 20_000  # up to this many vectors: exact range search; beyond: IVF k-NN (benchmarks/duplicates.py)
+
+
+def neighbour_pairs(vectors: np.ndarray, threshold: float, *, k: int = 16, batch: int = 4096,
+                    on_progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of rows (i < j) whose inner product is at least `threshold`: (i, j, score) arrays.
+
+    Exact range search up to PAIRS_EXACT_MAX vectors; above, each row's k nearest neighbours through an
+    inverted-file index (about sqrt(n) lists, the query's 8 nearest probed), which finds close pairs (the
+    ones a duplicate finder wants, scores well above the typical neighbour's) without comparing all pairs.
+    `on_progress(done, total)` is called after each batch of query rows."""
+    faiss = _faiss()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape if x.ndim == 2 else (0, 0)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    if n < 2:
+        return empty
+    if n <= PAIRS_EXACT_MAX:
+        index = faiss.IndexFlatIP(d)
+        index.add(x)
+    else:
+        nlist = int(np.sqrt(n))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = x[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        index.train(sample)
+        index.add(x)
+        index.nprobe = min(nlist, 8)
+    out_i, out_j, out_s = [], [], []
+    for start in range(0, n, batch):
+        q = x[start:start + batch]
+        if n <= PAIRS_EXACT_MAX:
+            lims, scores, found = index.range_search(q, float(threshold))
+            rows = np.repeat(np.arange(start, start + len(q)), np.diff(lims).astype(np.int64))
+        else:
+            scores, found = index.search(q, min(k + 1, n))
+            rows = np.repeat(np.arange(start, start + len(q)), found.shape[1])
+            scores, found = scores.reshape(-1), found.reshape(-1)
+            keep = (found >= 0) & (scores >= threshold)
+            rows, scores, found = rows[keep], scores[keep], found[keep]
+        found = found.astype(np.int64)
+        keep = found > rows if n <= PAIRS_EXACT_MAX else found != rows  # never a row with itself
+        lo, hi = np.minimum(rows[keep], found[keep]), np.maximum(rows[keep], found[keep])
+        out_i.append(lo)
+        out_j.append(hi)
+        out_s.append(scores[keep].astype(np.float32))
+        if on_progress is not None:
+            on_progress(min(start + batch, n), n)
+    i, j, s = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+    if n > PAIRS_EXACT_MAX and len(i):  # k-NN may find a pair from both ends: once each
+        key = np.unique(i * n + j, return_index=True)[1]
+        i, j, s = i[key], j[key], s[key]
+    return i, j, s

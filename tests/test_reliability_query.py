@@ -21,7 +21,9 @@ from click.testing import CliRunner
 from clipsearch import Library
 from clipsearch.store import SCHEMA_HEAD
 from clipsearch.cli import cli
-from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError)
+from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError,
+                               NotALibraryError, SchemaTooNewError)
+from clipsearch.store import SCHEMA_HEAD
 
 from conftest import make_image, run_cli, write_checkpoint
 from reliability_helpers import FakeEncoder, db_rows
@@ -209,6 +211,7 @@ def make_schema_0001(tmp_path: Path) -> Path:
         con.execute(f"DROP INDEX {index}")
     for column in ("taken_at", "format", "meta_version"):
         con.execute(f"ALTER TABLE files DROP COLUMN {column}")
+    con.execute("DROP TABLE tags")  # schema 0004
     con.execute("UPDATE alembic_version SET version_num='0001'")
     con.commit()
     con.close()

@@ -24,6 +24,7 @@ from .filtering import prefix_range as _prefix_range
 from .migrate import migrate
 from .schema import (FileInfo, FileRow, Record, blob_to_vector, embeddings_table, files_table, meta_table,
                      roots_table, vector_to_blob)
+from .schema import tags_table
 from .sqlite import SqliteBackend
 
 DB_NAME = "library.db"
@@ -406,6 +407,104 @@ class Catalog:
             return [dict(r._mapping) for r in conn.execute(q)]
 
 
+    # -- knowing and managing the library (clipsearch.tools) ------------------------------------
+
+    def list_files(self, *, root: bytes | None = None, statuses: Sequence[str] = ("ok", "failed")) -> Iterator[dict]:
+        """Indexed files (status ok or failed by default) in path order, optionally under one root, streamed."""
+        with self.read() as conn:
+            for row in conn.execution_options(yield_per=2000).execute(_files_query(root, statuses)):
+                yield dict(row._mapping)
+
+    def count_files_under(self, root: bytes, statuses: Sequence[str] = ("ok",)) -> int:
+        lo, hi = _prefix_range(root)
+        with self.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(files_table).where(
+                files_table.c.path >= lo, files_table.c.path < hi, files_table.c.status.in_(list(statuses)))).scalar())
+
+    def shared_embeddings(self) -> dict[int, list[bytes]]:
+        """Embeddings that two or more live files share (exact copies: one content hash), with their paths."""
+        with self.read() as conn:
+            many = (sa.select(files_table.c.embedding_id).where(files_table.c.status == "ok")
+                    .group_by(files_table.c.embedding_id).having(sa.func.count() > 1))
+            rows = conn.execute(sa.select(files_table.c.embedding_id, files_table.c.path).where(
+                files_table.c.status == "ok", files_table.c.embedding_id.in_(many)).order_by(files_table.c.path))
+            out: dict[int, list[bytes]] = {}
+            for eid, path in rows:
+                out.setdefault(eid, []).append(path)
+        return out
+
+    def forget_root(self, root: bytes) -> tuple[int, int]:
+        """Remove a root and every file row under it in one transaction; vectors no file uses any more
+        stop being live (the cache drops them on catch-up; the rows stay, so indexing the folder again
+        reuses them without the model). Returns (files removed, seq)."""
+        lo, hi = _prefix_range(root)
+        with self.write() as conn:
+            root_id = conn.execute(sa.select(roots_table.c.id).where(roots_table.c.path == root)).scalar()
+            under = sa.and_(files_table.c.path >= lo, files_table.c.path < hi)
+            cond = sa.or_(under, files_table.c.root_id == root_id) if root_id is not None else under
+            gone = conn.execute(sa.select(files_table.c.id, files_table.c.embedding_id, files_table.c.status)
+                                .where(cond)).all()
+            seq = self._bump_seq(conn)
+            if gone:
+                conn.execute(files_table.delete().where(cond))
+            if root_id is not None:
+                conn.execute(roots_table.delete().where(roots_table.c.id == root_id))
+            _refresh_live(conn, {e for _, e, _ in gone if e is not None}, seq)
+        return sum(1 for *_, s in gone if s != "deleted"), seq
+
+    # -- tags ---------------------------------------------------------------------------------------
+    def set_tags(self, tags: dict[int, Sequence[tuple[str, float]]], *, replace: bool = True) -> int:
+        """Store labels of embeddings ({id: [(tag, probability), ...]}); `replace` drops their old tags first.
+        Returns the number of (embedding, tag) rows written."""
+        now = time.time()
+        n = 0
+        with self.write() as conn:
+            ids = [int(i) for i in tags]
+            if replace:
+                for chunk in _chunks(ids, 500):
+                    conn.execute(tags_table.delete().where(tags_table.c.embedding_id.in_(chunk)))
+            for eid, labels in tags.items():
+                for tag, score in labels:
+                    conn.execute(self.backend.upsert(tags_table, {"embedding_id": int(eid), "tag": str(tag),
+                                                                  "score": float(score), "tagged_at": now},
+                                                     ["embedding_id", "tag"]))
+                    n += 1
+        return n
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """Each embedding's tags, most probable first."""
+        out: dict[int, list[tuple[str, float]]] = {}
+        with self.read() as conn:
+            for chunk in _chunks([int(i) for i in ids], 500):
+                q = (sa.select(tags_table.c.embedding_id, tags_table.c.tag, tags_table.c.score)
+                     .where(tags_table.c.embedding_id.in_(chunk))
+                     .order_by(tags_table.c.embedding_id, tags_table.c.score.desc(), tags_table.c.tag))
+                for eid, tag, score in conn.execute(q):
+                    out.setdefault(eid, []).append((tag, float(score)))
+        return out
+
+    def tag_counts(self) -> dict[str, int]:
+        """How many live images' contents carry each tag."""
+        with self.read() as conn:
+            q = (sa.select(tags_table.c.tag, sa.func.count(sa.distinct(tags_table.c.embedding_id)))
+                 .select_from(tags_table.join(embeddings_table, embeddings_table.c.id == tags_table.c.embedding_id))
+                 .where(embeddings_table.c.live == 1).group_by(tags_table.c.tag).order_by(tags_table.c.tag))
+            return {t: int(n) for t, n in conn.execute(q)}
+
+    @staticmethod
+    def tag_condition(tags: Sequence[str]):
+        """A condition on files: their content carries any of these tags (for the search filters)."""
+        return files_table.c.embedding_id.in_(
+            sa.select(tags_table.c.embedding_id).where(tags_table.c.tag.in_(list(tags))))
+
+    def embedding_ids_with_tags(self, tags: Sequence[str]) -> list[int]:
+        """Live embeddings (used by a live file) whose content carries any of these tags, in id order."""
+        with self.read() as conn:
+            q = (sa.select(files_table.c.embedding_id).where(files_table.c.status == "ok", self.tag_condition(tags))
+                 .distinct().order_by(files_table.c.embedding_id))
+            return [int(r[0]) for r in conn.execute(q)]
+
+
 def _refresh_live(conn, emb_ids: set[int], seq: int) -> None:
     """Recompute `live` for these embeddings; stamp `seq` on the ones whose liveness changed."""
     for chunk in _chunks(sorted(emb_ids), 500):
@@ -437,3 +536,12 @@ def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
+
+def _files_query(root: bytes | None, statuses: Sequence[str]):
+    q = sa.select(files_table.c.path, files_table.c.status, files_table.c.error, files_table.c.embedding_id,
+                  files_table.c.size, files_table.c.width, files_table.c.height, files_table.c.mtime_ns,
+                  files_table.c.indexed_at).where(files_table.c.status.in_(list(statuses)))
+    if root is not None:
+        lo, hi = _prefix_range(root)
+        q = q.where(files_table.c.path >= lo, files_table.c.path < hi)
+    return q.order_by(files_table.c.path)

@@ -76,6 +76,16 @@ PIXELS = files_table.c.width * files_table.c.height  # the expression ix_files_p
 sa.Index("ix_files_pixels", PIXELS)
 
 
+tags_table = sa.Table(  # schema 0004: labels of an image's content (clipsearch tag), shared by its copies
+    "tags", metadata,
+    sa.Column("embedding_id", sa.Integer, sa.ForeignKey("embeddings.id"), primary_key=True),
+    sa.Column("tag", sa.Text, primary_key=True),
+    sa.Column("score", sa.Float, nullable=False),  # the label's probability when it was given
+    sa.Column("tagged_at", sa.Float, nullable=False),
+    sa.Index("ix_tags_tag", "tag"),
+)
+
+
 def vector_to_blob(v: np.ndarray) -> bytes:
     return np.ascontiguousarray(v, dtype="<f4").tobytes()
 
