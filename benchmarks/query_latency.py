@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -93,7 +92,6 @@ def warm(path: Path, n_queries: int, compare_torch: bool) -> None:
     import numpy as np
 
     from clipsearch.library import Library
-    from clipsearch.search import rank
 
     texts = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(n_queries)]
     with Library.open(path, create=False) as lib:

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import imaging
+from . import identity, imaging
 from .cache import SearchCache
 from .checking import Checker, CheckReport
 from .encoders import DEFAULT_MODEL, parse_model_spec
-from .errors import ClipSearchError, ConfigError, LibraryError, LibraryNotFoundError, ModelMismatchError
+from .errors import ClipSearchError, ConfigError, LibraryError, LibraryNotFoundError
 from .indexer import Indexer, IndexReport, ProgressCallback, Skipped
 from .locking import WriterLock
 from .query import Query

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -229,11 +228,11 @@ def migration_kills(tmp: Path, model: str, zygote: Zygote, photos: Path, times: 
         code = zygote.run(argv, {"CLIPSEARCH_CRASH_AT": "mid_migration"}, tmp / "o", tmp / "e")
         assert code == -signal.SIGKILL
         kills += 1
-        with Library.open(lib, create=False) as l:  # the schema was rolled back whole: it migrates again
-            assert l.check().ok
+        with Library.open(lib, create=False) as opened:  # the schema was rolled back whole: it migrates again
+            assert opened.check().ok
         assert zygote.run(argv, {}, tmp / "o", tmp / "e") == 0, (tmp / "e").read_text()
-        with Library.open(lib, create=False) as l:
-            assert l.check().ok and l.status()["images"] == len(list(photos.rglob("*.png")))
+        with Library.open(lib, create=False) as opened:
+            assert opened.check().ok and opened.status()["images"] == len(list(photos.rglob("*.png")))
     return kills
 
 

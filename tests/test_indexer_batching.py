@@ -13,7 +13,6 @@ import concurrent.futures
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 

@@ -61,7 +61,7 @@ def _pictures(n=12):
 
     rng = np.random.default_rng(3)
     out = []
-    for i in range(n):
+    for _ in range(n):
         small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
         out.append(Image.fromarray(small, "RGB").resize((64, 48), Image.BILINEAR))
     return out

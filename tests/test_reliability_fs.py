@@ -258,8 +258,8 @@ def test_non_utf8_and_hostile_names_round_trip(tmp_path, tiny_model):
     assert res.returncode == 0 and res.stdout.endswith(b"\0")
     assert set(res.stdout[:-1].split(b"\0")) == want
     # the API gives str paths that are the same bytes
-    with Library.open(lib, create=False) as l:
-        assert {os.fsencode(r.path) for r in l.search("x", k=100)} == want
+    with Library.open(lib, create=False) as opened:
+        assert {os.fsencode(r.path) for r in opened.search("x", k=100)} == want
 
 
 def test_prefix_siblings_are_never_swept_together(tmp_path):

@@ -21,9 +21,7 @@ from click.testing import CliRunner
 from clipsearch import Library
 from clipsearch.store import SCHEMA_HEAD
 from clipsearch.cli import cli
-from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError,
-                               NotALibraryError, SchemaTooNewError)
-from clipsearch.store import SCHEMA_HEAD
+from clipsearch.errors import (ConfigError, EmptyLibraryError, ImageError, LibraryError, ModelMismatchError)
 
 from conftest import make_image, run_cli, write_checkpoint
 from reliability_helpers import FakeEncoder, db_rows

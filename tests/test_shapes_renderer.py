@@ -15,7 +15,7 @@ from conftest import require_shapes_sample
 def test_captions_match_scenes(tmp_path):
     scenes = shapes.write_dataset(tmp_path, 40, seed=3)
     rows = list(csv.DictReader(open(tmp_path / "captions.csv", encoding="utf-8")))
-    lines = [json.loads(l) for l in open(tmp_path / "scenes.jsonl", encoding="utf-8")]
+    lines = [json.loads(line) for line in open(tmp_path / "scenes.jsonl", encoding="utf-8")]
     assert [r["file"] for r in rows] == [s["file"] for s in lines] == [s["file"] for s in scenes]
     for row, scene in zip(rows, lines):
         assert (tmp_path / "images" / row["file"]).is_file()
@@ -73,7 +73,7 @@ def test_faithful_to_independent_sample():
 
     SAMPLE = require_shapes_sample()
 
-    scenes = [json.loads(l) for l in open(SAMPLE / "scenes.jsonl", encoding="utf-8")][:30]
+    scenes = [json.loads(line) for line in open(SAMPLE / "scenes.jsonl", encoding="utf-8")][:30]
     for s in scenes:
         assert shapes.caption_for(s) == s["caption"]
         theirs = np.asarray(Image.open(SAMPLE / "images" / s["file"]).convert("RGB"), dtype=float)
