@@ -163,6 +163,8 @@ def test_model_mismatch_dim_weights_and_preprocessing(tmp_path):
     weights = (model / "open_clip_model.safetensors").read_bytes()
 
     def refused(expect):
+        # a new file, so that the run needs the model (an unchanged folder is re-indexed without loading it)
+        make_image(root / f"new-{len(list(root.iterdir()))}.png", 4000 + len(list(root.iterdir())))
         with Library.open(tmp_path / "lib", create=False) as lib:
             with pytest.raises(ModelMismatchError) as e:
                 lib.index([root])
@@ -186,7 +188,7 @@ def test_model_mismatch_dim_weights_and_preprocessing(tmp_path):
     wide = dict(cfg["model_cfg"], embed_dim=24)
     write_checkpoint(tmp_path / "wide", model_cfg=wide)
     with Library.open(tmp_path / "lib", create=False) as lib:
-        assert lib.index([root]).unchanged == 3  # the original is accepted again
+        assert lib.index([root]).unchanged == 3  # the original is accepted again (and indexes the new files)
     with pytest.raises(ModelMismatchError, match="cannot be used with"):
         Library.open(tmp_path / "lib", model=str(tmp_path / "wide"))
     shutil.rmtree(model)
