@@ -23,7 +23,6 @@ usual): auto keeps everything there.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ def min_gap(logit_scale: float | None) -> float:
     return GAP_LOGITS / scale
 
 
-def model_logit_scale(model_name: str | None) -> float | None:
+def model_logit_scale(model_name: str | None, recorded: Path | None = None) -> float | None:
     """exp(logit_scale) of a model's checkpoint, read from its safetensors file without loading the model;
     None when the model's weights are not a safetensors file this can find."""
     if not model_name:
@@ -93,8 +92,8 @@ def model_logit_scale(model_name: str | None) -> float | None:
         weights = Path(spec.path) / SAFETENSORS_NAME
     elif spec.kind == "file" and spec.path is not None and Path(spec.path).suffix == ".safetensors":
         weights = Path(spec.path)
-    elif spec.kind == "pretrained":
-        weights = _pretrained_weights(spec.name)
+    elif spec.kind in ("pretrained", "hf-hub"):
+        weights = recorded if recorded is not None and recorded.suffix == ".safetensors" else None
     if weights is None or not weights.is_file():
         return None
     try:
@@ -107,16 +106,3 @@ def model_logit_scale(model_name: str | None) -> float | None:
     except (OSError, ValueError, KeyError, IndexError, RuntimeError):
         return None
     return value if math.isfinite(value) and value > 0 else None
-
-
-def _pretrained_weights(name: str) -> Path | None:
-    """Where open_clip's download of ARCH:TAG lives, as the encoder noted it (encoders/openclip.py)."""
-    try:
-        from .encoders.openclip import pretrained_record_path
-
-        rec_path = pretrained_record_path()
-        rec = json.loads(rec_path.read_text()).get(name) if rec_path else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    weights = str((rec or {}).get("weights", ""))
-    return Path(weights) if weights.endswith(".safetensors") else None

@@ -83,6 +83,13 @@ def _record(meta: dict) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
+def recorded_weights(catalog: Catalog) -> Path | None:
+    """Where the library's model weights were found at its last full load (for reading them without torch)."""
+    rec = _record(catalog.all_meta())
+    p = (rec or {}).get("path")
+    return Path(p) if p else None
+
+
 def check_fingerprint(catalog: Catalog, path: Path, encoder) -> None:
     """Record the encoder's identity in a library that has none; refuse one that differs (naming both);
     follow a model whose name or weights file moved while its weights stayed the same."""

@@ -140,7 +140,12 @@ def execute(query: Query, index: VectorIndex, catalog: Catalog, sources: Sources
     p = plan(query, sources)
     exclude = frozenset() if query.include_self else p.examples
     cutoff = effective_cutoff(query)
-    logit_scale = model_logit_scale(catalog.get_meta("model")) if cutoff == "auto" else None
+    if cutoff == "auto":
+        from .identity import recorded_weights
+
+        logit_scale = model_logit_scale(catalog.get_meta("model"), recorded_weights(catalog))
+    else:
+        logit_scale = None
     return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score,
                 filters=filters, cutoff=cutoff, sort=query.sort, logit_scale=logit_scale)
 
