@@ -376,7 +376,7 @@ def test_readme_configuration_section_is_true(tmp_path, monkeypatch):
     assert config_path({}) == tmp_path / "xdg" / "clipsearch" / "config.toml"
     assert Path(click.get_app_dir("clipsearch")) == tmp_path / "xdg" / "clipsearch"
     assert config_path({"CLIPSEARCH_CONFIG": str(cfg)}) == cfg
-    for name in ("CLIPSEARCH_HOME", "CLIPSEARCH_MODEL", "CLIPSEARCH_CONFIG"):
+    for name in ("CLIPSEARCH_HOME", "CLIPSEARCH_MODEL", "CLIPSEARCH_CONFIG", "CLIPSEARCH_DUPLICATES_THRESHOLD"):
         assert name in section
     envvars = {p.envvar for c in cli.commands.values() for p in c.params if getattr(p, "envvar", None)}
-    assert envvars == {"CLIPSEARCH_HOME", "CLIPSEARCH_MODEL"}  # every variable the CLI reads is documented
+    assert envvars == {"CLIPSEARCH_HOME", "CLIPSEARCH_MODEL", "CLIPSEARCH_DUPLICATES_THRESHOLD"}  # all documented

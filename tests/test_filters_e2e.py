@@ -106,6 +106,7 @@ def make_schema_0002(lib_dir) -> None:
         con.execute(f"DROP INDEX {index}")
     for column in ("taken_at", "format", "meta_version"):
         con.execute(f"ALTER TABLE files DROP COLUMN {column}")
+    con.execute("DROP TABLE IF EXISTS tags")  # schema 0004
     con.execute("UPDATE alembic_version SET version_num='0002'")
     con.commit()
     con.close()

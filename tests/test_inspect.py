@@ -57,9 +57,11 @@ def test_inspect_cli_json_on_a_checkpoint(tmp_path):
 def test_inspect_cli_errors_are_short_messages(tmp_path):
     from clipsearch.cli import cli
 
-    r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "nope")])  # no such path: a usage error
-    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
-    assert "unknown model" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "nope")])  # no such path: maybe a moved checkpoint
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "does not exist" in r.output and "--model NEWPATH" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["inspect", "--model", "no-such-model"])  # not a path, not a name: a usage error
+    assert r.exit_code == 2 and "unknown model" in r.output and "Traceback" not in r.output
     (tmp_path / "empty").mkdir()  # a directory, but no checkpoint in it
     r = CliRunner().invoke(cli, ["inspect", "--model", str(tmp_path / "empty")])
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output

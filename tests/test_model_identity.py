@@ -151,7 +151,7 @@ def test_two_caches_same_tag_other_weights_are_refused(tmp_path, vit_weights, ph
 
     # full loads from cache B: refused, naming both sets of weights. The first one without HF_HUB_OFFLINE
     # and with no hub to reach (a closed local port): the cached weights are used at once, no retries
-    example = photos / "p1.png"
+    example = make_image(tmp_path / "not-indexed.png", 77, size=(240, 200))  # an indexed one needs no model
     no_hub = {"HF_HUB_CACHE": str(cache_b), "HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
     proc = run_cli("query", "--image", str(example), "--library", str(lib), env=no_hub)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Retrying" not in proc.stderr
