@@ -23,7 +23,6 @@ usual): auto keeps everything there.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +76,10 @@ def min_gap(logit_scale: float | None) -> float:
     return GAP_LOGITS / scale
 
 
-def model_logit_scale(model_name: str | None) -> float | None:
+def model_logit_scale(model_name: str | None, recorded: Path | None = None) -> float | None:
     """exp(logit_scale) of a model's checkpoint, read from its safetensors file without loading the model;
-    None when the model's weights are not a safetensors file this can find."""
+    None when the model's weights are not a safetensors file this can find. `recorded`: the weights file the
+    library recorded (identity.recorded_weights), read first; how ARCH:TAG models are found."""
     if not model_name:
         return None
     try:
@@ -93,8 +93,8 @@ def model_logit_scale(model_name: str | None) -> float | None:
         weights = Path(spec.path) / SAFETENSORS_NAME
     elif spec.kind == "file" and spec.path is not None and Path(spec.path).suffix == ".safetensors":
         weights = Path(spec.path)
-    elif spec.kind == "pretrained":
-        weights = _pretrained_weights(spec.name)
+    if recorded is not None:
+        weights = Path(recorded)
     if weights is None or not weights.is_file():
         return None
     try:
@@ -108,15 +108,3 @@ def model_logit_scale(model_name: str | None) -> float | None:
         return None
     return value if math.isfinite(value) and value > 0 else None
 
-
-def _pretrained_weights(name: str) -> Path | None:
-    """Where open_clip's download of ARCH:TAG lives, as the encoder noted it (encoders/openclip.py)."""
-    try:
-        from .encoders.openclip import pretrained_record_path
-
-        rec_path = pretrained_record_path()
-        rec = json.loads(rec_path.read_text()).get(name) if rec_path else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    weights = str((rec or {}).get("weights", ""))
-    return Path(weights) if weights.endswith(".safetensors") else None

@@ -175,6 +175,16 @@ def check_model_name(catalog: Catalog, path: Path, stored: str, wanted: str) -> 
     )
 
 
+def recorded_weights(catalog: Catalog) -> Path | None:
+    """The safetensors file the library recorded for its weights, when it is there (what other readers of the
+    checkpoint, such as cutoff.model_logit_scale, should read: it is the library's, not a name's latest)."""
+    record = _record(catalog.all_meta()) or {}
+    if not record.get("path") or record.get("format") != "safetensors":
+        return None
+    path = Path(record["path"])
+    return path if path.is_file() else None
+
+
 def load_light_text_encoder(catalog: Catalog, path: Path, model_name: str):
     """The library's text tower in numpy (no torch import), checked against the library; None when it
     does not cover this model (the full model answers then, and is checked itself).

@@ -22,6 +22,7 @@ import numpy as np
 from .cutoff import Standing, min_gap, model_logit_scale
 from .errors import ConfigError, IntegrityError
 from .filters import check_filters, local_iso, wall_clock_iso
+from .identity import recorded_weights
 from .query import Filters, Query, apply_template
 from .store import Catalog, FileInfo
 from .vector_index import VectorIndex
@@ -140,7 +141,7 @@ def execute(query: Query, index: VectorIndex, catalog: Catalog, sources: Sources
     p = plan(query, sources)
     exclude = frozenset() if query.include_self else p.examples
     cutoff = effective_cutoff(query)
-    logit_scale = model_logit_scale(catalog.get_meta("model")) if cutoff == "auto" else None
+    logit_scale = model_logit_scale(catalog.get_meta("model"), recorded_weights(catalog)) if cutoff == "auto" else None
     return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score,
                 filters=filters, cutoff=cutoff, sort=query.sort, logit_scale=logit_scale)
 
