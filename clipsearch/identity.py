@@ -83,13 +83,6 @@ def _record(meta: dict) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
-def recorded_weights(catalog: Catalog) -> Path | None:
-    """Where the library's model weights were found at its last full load (for reading them without torch)."""
-    rec = _record(catalog.all_meta())
-    p = (rec or {}).get("path")
-    return Path(p) if p else None
-
-
 def check_fingerprint(catalog: Catalog, path: Path, encoder) -> None:
     """Record the encoder's identity in a library that has none; refuse one that differs (naming both);
     follow a model whose name or weights file moved while its weights stayed the same."""
@@ -180,6 +173,16 @@ def check_model_name(catalog: Catalog, path: Path, stored: str, wanted: str) -> 
         f"the library at {path} was built with model {stored}{ours}; it cannot be used with {wanted}{other}. "
         f"Leave out --model to use {stored}, or give another --library for {wanted}"
     )
+
+
+def recorded_weights(catalog: Catalog) -> Path | None:
+    """The safetensors file the library recorded for its weights, when it is there (what other readers of the
+    checkpoint, such as cutoff.model_logit_scale, should read: it is the library's, not a name's latest)."""
+    record = _record(catalog.all_meta()) or {}
+    if not record.get("path") or record.get("format") != "safetensors":
+        return None
+    path = Path(record["path"])
+    return path if path.is_file() else None
 
 
 def load_light_text_encoder(catalog: Catalog, path: Path, model_name: str):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import identity, imaging
+from . import imaging
 from .cache import SearchCache
 from .checking import Checker, CheckReport
 from .encoders import DEFAULT_MODEL, parse_model_spec
@@ -124,7 +124,9 @@ class Library:
                 catalog.set_meta(model=stored)
             elif wanted and wanted != stored:
                 # another name for the same weights (a moved checkpoint) is accepted, then checked in full
-                identity.check_model_name(catalog, path, stored, wanted)
+                from .identity import check_model_name
+
+                check_model_name(catalog, path, stored, wanted)
                 stored = wanted
         except BaseException as e:
             catalog.close()

@@ -311,6 +311,23 @@ def test_old_fingerprint_format_of_a_checkpoint_keeps_working(tmp_path, tiny_mod
     assert meta(tmp_path / "lib")["model_fingerprint"] == "feedfacefeedface"
 
 
+def test_logit_scale_of_a_tag_model_is_read_from_the_library_record(tmp_path, tiny_model):
+    """cutoff="auto" reads the model's logit scale from the weights file the library recorded (ARCH:TAG
+    models have no path of their own; a per-user record used to say where the last load found them)."""
+    import math
+
+    from clipsearch import Library, cutoff
+    from clipsearch.identity import recorded_weights
+
+    make_image(tmp_path / "photos" / "a.png", 1)
+    with Library.open(tmp_path / "lib", model=tiny_model, precision="fp32") as lib:
+        lib.index([tmp_path / "photos"])
+        recorded = recorded_weights(lib.catalog)
+    assert recorded == Path(os.path.realpath(Path(tiny_model) / "open_clip_model.safetensors"))
+    assert cutoff.model_logit_scale(DEFAULT_MODEL) is None
+    assert math.isclose(cutoff.model_logit_scale(DEFAULT_MODEL, recorded), 1 / 0.07, rel_tol=1e-4)
+
+
 # -- the first run, where weights cannot be fetched ---------------------------------------------------------
 def _assert_short_help(err: str, tmp_path: Path) -> None:
     err = err.replace(str(tmp_path), "TMP")

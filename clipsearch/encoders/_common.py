@@ -66,7 +66,8 @@ def weights_source(path: str | os.PathLike, *, text: dict | None = None, known: 
         digest = known["sha256"]
     else:
         digest = sha256_file(ident["path"])
-    return {**ident, "sha256": digest, "text": text}
+    kind = "safetensors" if str(path).endswith(".safetensors") else "torch"  # the name resolved, not the blob's
+    return {**ident, "sha256": digest, "format": kind, "text": text}
 
 
 def weights_label(digest: str) -> str:

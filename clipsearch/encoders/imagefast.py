@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from . import ModelSpec, l2_normalize
+from ._common import CONFIG_NAME, SAFETENSORS_NAME, weights_label, weights_source
 
-CONFIG_NAME = "open_clip_config.json"
-SAFETENSORS_NAME = "open_clip_model.safetensors"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _PREPROCESS_DEFAULTS = {"mode": "RGB", "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic",
@@ -58,8 +57,9 @@ def preprocess_config(conf: dict, image_size: int) -> dict:
     return pp
 
 
-def load_image_encoder(spec: ModelSpec) -> "NumpyImageEncoder | None":
-    """An image-only encoder for `spec`, or None when this path does not cover the model."""
+def load_image_encoder(spec: ModelSpec, known: dict | None = None) -> "NumpyImageEncoder | None":
+    """An image-only encoder for `spec`, or None when this path does not cover the model. `known`: the
+    library's record of the weights (its hash is trusted when the file's stat identity is unchanged)."""
     if spec.kind not in ("builtin", "dir"):
         return None
     cfg_path = Path(spec.path) / CONFIG_NAME
@@ -88,11 +88,9 @@ def load_image_encoder(spec: ModelSpec) -> "NumpyImageEncoder | None":
         tower = _ResNetTower(params, rcfg)
     except (OSError, KeyError, TypeError, ValueError):
         return None
-    from .openclip import sha256_file  # no torch import: openclip.py imports torch lazily
-
     extra = conf.get("clipsearch", {})
     arch = extra.get("arch", model_cfg.get("name", "custom"))
-    return NumpyImageEncoder(spec.name, arch, rcfg["embed_dim"], "sha256:" + sha256_file(weights), pp, tower)
+    return NumpyImageEncoder(spec.name, arch, rcfg["embed_dim"], weights_source(weights, known=known), pp, tower)
 
 
 def _read_visual_weights(path: Path) -> dict:
@@ -113,16 +111,22 @@ def _read_visual_weights(path: Path) -> dict:
 class NumpyImageEncoder:
     """preprocess + embed_batch (the two the query path uses), the same function as the model's image tower."""
 
-    def __init__(self, name: str, arch: str, dim: int, weights_id: str, preprocess_cfg: dict, tower: "_ResNetTower"):
+    def __init__(self, name: str, arch: str, dim: int, source: dict, preprocess_cfg: dict, tower: "_ResNetTower"):
         self.name = name
         self.arch = arch
         self.dim = dim
-        self.weights_id = weights_id
+        self.weights_source = source  # _common.weights_source: the file read, its stat identity and sha256
+        self.weights_id = weights_label(source["sha256"])
         self.preprocess_cfg = preprocess_cfg
         self.image_size = tower.image_size
         self.tower = tower
         self._mean = np.asarray(preprocess_cfg["mean"], np.float32).reshape(3, 1, 1)
         self._std = np.asarray(preprocess_cfg["std"], np.float32).reshape(3, 1, 1)
+
+    @property
+    def fingerprint(self) -> dict:
+        """The part of the library's fingerprint this tower vouches for (identity.check_text_fingerprint)."""
+        return {"model": self.name, "arch": self.arch, "weights": self.weights_id, "dim": self.dim}
 
     def preprocess(self, image) -> np.ndarray:
         """open_clip's evaluation transform for resize_mode "shortest", as a CHW float32 array."""
