@@ -12,7 +12,7 @@ default architecture; its threshold is a setting, since real weights place vecto
 Then 100k random unit vectors (512-d) with planted near-copies, in a real library, through
 find_duplicates(verify=False): the candidate search (FAISS IVF k-NN above 20k vectors) and the grouping.
 
-    python benchmarks/duplicates.py [--pairs 20] [--skip-vit] [--skip-scale] [--n-scale 100000]
+    python benchmarks/duplicates.py [--pairs 20] [--skip-vit] [--skip-scale | --scale-only] [--n-scale 100000]
 """
 
 from __future__ import annotations
@@ -221,10 +221,6 @@ def scale(work: Path, n: int, dim: int = 512, planted: int = 500) -> None:
     from clipsearch.store import Record
     from clipsearch.tools.duplicates import find_duplicates
 
-    class Fake:
-        name, dim_ = "bench-random", dim
-        fingerprint = {"model": "bench-random", "dim": dim}
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     src = rng.choice(n - planted, size=planted, replace=False)
@@ -267,10 +263,14 @@ def main() -> None:
     ap.add_argument("--vit-threshold", type=float, default=None, help="cosine threshold for ViT-B-32 (default: the setting's default)")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--scale-only", action="store_true", help="only the 100k-vector timing")
     ap.add_argument("--n-scale", type=int, default=100_000)
     args = ap.parse_args()
     print(machine())
     print(versions())
+    if args.scale_only:
+        scale(args.work, args.n_scale)
+        return
     images = args.work / "images"
     import shutil
 

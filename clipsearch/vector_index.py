@@ -372,7 +372,7 @@ def neighbour_pairs(vectors: np.ndarray, threshold: float, *, k: int = 16, batch
     """Pairs of rows (i < j) whose inner product is at least `threshold`: (i, j, score) arrays.
 
     Exact range search up to PAIRS_EXACT_MAX vectors; above, each row's k nearest neighbours through an
-    inverted-file index (about sqrt(n) lists, the query's 8 nearest probed), which finds close pairs (the
+    inverted-file index (4 sqrt(n) lists, the query's 6 nearest probed), which finds close pairs (the
     ones a duplicate finder wants, scores well above the typical neighbour's) without comparing all pairs.
     `on_progress(done, total)` is called after each batch of query rows."""
     faiss = _faiss()
@@ -385,14 +385,18 @@ def neighbour_pairs(vectors: np.ndarray, threshold: float, *, k: int = 16, batch
         index = faiss.IndexFlatIP(d)
         index.add(x)
     else:
-        nlist = int(np.sqrt(n))
+        # many small lists, few probed: at 100k x 512 a query scans ~1,500 vectors (nlist sqrt(n), nprobe 8 scanned
+        # 2,500 and took 95 s on 2 loaded cores; the whole find_duplicates now takes 25 s: benchmarks/duplicates.py)
+        nlist = int(4 * np.sqrt(n))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        index.cp.min_points_per_centroid = 1  # the sample below is smaller than faiss's default wants: no warning
         rng = np.random.default_rng(0)
-        sample = x[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        sample = x[rng.choice(n, size=min(n, nlist * 16), replace=False)]
         index.train(sample)
         index.add(x)
-        index.nprobe = min(nlist, 8)
+        index.nprobe = min(nlist, 6)
     out_i, out_j, out_s = [], [], []
     for start in range(0, n, batch):
         q = x[start:start + batch]
