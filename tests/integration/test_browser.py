@@ -214,7 +214,7 @@ def test_filters_sort_and_cutoff_go_into_the_url_and_come_back_from_it(browser, 
 
 
 def test_keyboard(browser, server, reader):
-    browser.get(server.url + "/")
+    browser.get(server.url + "/?cutoff=none")  # every image a result: rows to move through
     body = browser.find_element(By.TAG_NAME, "body")
     body.send_keys("/")
     assert browser.switch_to.active_element.get_attribute("id") == "q"
