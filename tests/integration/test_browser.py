@@ -33,7 +33,7 @@ def _require_browser():
         reason = f"{', '.join(missing)} missing: apt-get install -y chromium chromium-driver; pip install selenium"
         if os.environ.get("CI"):
             pytest.fail(reason)
-        pytest.skip(reason)
+        pytest.skip(reason, allow_module_level=True)
 
 
 _require_browser()
@@ -185,6 +185,33 @@ def test_choosing_an_image_file_searches_by_it(browser, server, reader, tmp_path
     assert "upload=" in browser.current_url and "q=" not in browser.current_url
     assert tile_ids(browser)[:12] == expected_ids(reader, Query.image(example, k=12))
     assert "example: example.png" in browser.find_element(By.ID, "terms").text
+
+
+def test_dropping_an_image_on_the_page_searches_by_it(browser, server, reader, tmp_path):
+    source = SAMPLES / "images" / "sample_00006.png"
+    copy = tmp_path / "dropped.png"
+    copy.write_bytes(source.read_bytes())  # the same bytes, outside the library: not left out of its results
+    image_id = reader.catalog.file_embedding_id(os.fsencode(source))
+    browser.get(server.url + "/?q=a+purple+triangle")
+    ready(browser)
+    before = tile_ids(browser)
+    # a drag from the desktop, as the page sees it: dragenter, then drop, with a File in the DataTransfer
+    shown = browser.execute_async_script("""
+        const [id, done] = arguments;
+        fetch('/api/images/' + id + '/original').then(r => r.blob()).then(blob => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+          document.dispatchEvent(new DragEvent('dragenter', {dataTransfer: dt, bubbles: true}));
+          const overlay = !document.getElementById('drop').hidden;
+          document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+          done(overlay);
+        });""", image_id)
+    assert shown is True  # the page said "drop an image" while it was dragged over
+    new_search_done(browser, before)
+    assert browser.find_element(By.ID, "drop").is_displayed() is False
+    assert "upload=" in browser.current_url
+    assert tile_ids(browser)[:12] == expected_ids(reader, Query.image(copy, k=12))
+    assert tile_ids(browser)[0] == image_id  # the dropped picture itself is its best match
 
 
 def test_filters_sort_and_cutoff_go_into_the_url_and_come_back_from_it(browser, server):
