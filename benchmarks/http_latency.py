@@ -115,23 +115,40 @@ def start_server(path: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[-1].rstrip("/")
 
 
-def http_vs_api(path: Path, url: str, n_queries: int, k: int) -> None:
+def cpu_ns(pid: int) -> int:
+    """CPU time used so far by every thread of process `pid` (Linux schedstat, in ns)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that just ended
+    return total
+
+
+def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -> None:
     import httpx
 
     from clipsearch import Query, Reader
 
     texts = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(n_queries)]
-    api, http, inside = [], [], []
+    api, http, inside, api_cpu, server_cpu = [], [], [], [], []
     with Reader.open(path) as reader, httpx.Client(base_url=url, timeout=60) as client:
         for warm in ("warm up", "a second warm up"):
             reader.search(Query.text(warm, k=k))
             client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
         for text in texts:
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             res = reader.search(Query.text(text, k=k))
             t1 = time.perf_counter()
+            api_cpu.append(time.thread_time() - c0)
+            s0 = cpu_ns(server_pid)
+            t1 = time.perf_counter()
             r = client.get("/api/search", params={"q": text, "limit": k})
             t2 = time.perf_counter()
+            server_cpu.append((cpu_ns(server_pid) - s0) / 1e9)
             r.raise_for_status()
             body = r.json()
             assert [x["id"] for x in body["results"]] == [x.embedding_id for x in res]  # the same answer
@@ -143,6 +160,9 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int) -> None:
     print(f"    HTTP GET /api/search                {fmt(http)}")
     print(f"    (search inside the server)          {fmt(inside)}")
     print(f"    (HTTP minus API, per query p50)     {1000 * pct([h - a for h, a in zip(http, api)], 0.5):7.1f} ms")
+    print(f"    CPU time, API search (its thread)   {fmt(api_cpu)}")
+    print(f"    CPU time, server per HTTP request   {fmt(server_cpu)}   (all its threads: what the wall time "
+          f"would be on an idle core)")
 
 
 def browser_grid(url: str, path: Path, runs: int) -> None:
@@ -203,7 +223,7 @@ def main() -> None:
     proc, url = start_server(path)
     try:
         for k in (10, 60):
-            http_vs_api(path, url, args.queries, k)
+            http_vs_api(path, url, args.queries, k, proc.pid)
         browser_grid(url, path, args.browser_runs)
     finally:
         proc.terminate()

@@ -46,8 +46,8 @@ def _ids(results) -> list[int]:
 
 # -- search -----------------------------------------------------------------------------------------
 def test_text_search_is_the_readers_search(client, reader):
-    expected = reader.search(Query.parse("a red circle", k=10))
-    res = client.get("/api/search", params={"q": "a red circle", "limit": 10})
+    expected = reader.search(Query.parse("a red circle", k=10, cutoff="none"))
+    res = client.get("/api/search", params={"q": "a red circle", "limit": 10, "cutoff": "none"})
     assert res.status_code == 200
     body = res.json()
     assert _ids(body["results"]) == _ids(expected)
@@ -61,11 +61,24 @@ def test_text_search_is_the_readers_search(client, reader):
     assert {os.path.basename(r["path"]) for r in body["results"][:6]} == red_circles
 
 
+def test_without_a_cutoff_the_querys_default_applies(client, reader, monkeypatch):
+    seen: list[Query] = []
+    real = reader.search
+    monkeypatch.setattr(reader, "search", lambda q: seen.append(q) or real(q))
+    body = client.get("/api/search", params={"q": "a red circle"}).json()
+    default = Query.parse("a red circle").cutoff
+    assert seen[-1].cutoff == default and body["query"]["cutoff"] == default
+    assert client.get("/api/status").json()["defaults"] == {"cutoff": default, "sort": "score"}
+    client.get("/api/search", params={"q": "a red circle", "cutoff": "none"})
+    assert seen[-1].cutoff == "none"
+
+
 def test_pages_add_up_to_one_search(client, reader):
-    expected = _ids(reader.search(Query.parse("a blue square", k=36)))
+    expected = _ids(reader.search(Query.parse("a blue square", k=36, cutoff="none")))
     pages, offset = [], 0
     while True:
-        body = client.get("/api/search", params={"q": "a blue square", "limit": 7, "offset": offset}).json()
+        body = client.get("/api/search", params={"q": "a blue square", "limit": 7, "offset": offset,
+                                                 "cutoff": "none"}).json()
         pages.extend(_ids(body["results"]))
         offset += 7
         if not body["more"]:
@@ -78,7 +91,7 @@ def test_query_syntax_and_like_unlike_terms(client, reader):
     text = "2:a red circle - 0.5:a star"
     assert _ids(client.get("/api/search", params={"q": text, "limit": 8}).json()["results"]) == \
         _ids(reader.search(Query.parse(text, k=8)))
-    first = reader.search(Query.parse("a green triangle", k=3))
+    first = reader.search(Query.parse("a green triangle", k=3, cutoff="none"))
     a, b = first[0].embedding_id, first[1].embedding_id
     body = client.get("/api/search", params={"like": a, "limit": 10}).json()
     assert _ids(body["results"]) == _ids(reader.search(Query(terms=(Term.like(a),), k=10)))
@@ -127,7 +140,8 @@ def test_filters_sort_and_cutoff_reach_the_query(client, reader, monkeypatch):
     ({"like": 999999}, 404, "no indexed image with id 999999"),
     ({"q": "a", "folder": "/x\x00y"}, 400, "NUL"),
     ({"q": "a", "format": "../png"}, 422, None),
-    ({"q": "a", "taken_to": "9999-12-31"}, 400, "out of range"),
+    ({"q": "a", "taken_to": "2262-01-01"}, 422, None),  # past what nanoseconds in 64 bits hold
+    ({"q": "a", "modified_from": "1677-12-31"}, 422, None),
     ({"q": "a", "upload": "0" * 64}, 404, "no longer kept"),
 ])
 def test_bad_searches_are_refused_with_a_reason(client, params, status, words):

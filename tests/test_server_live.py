@@ -50,7 +50,7 @@ def test_a_query_during_an_index_run_sees_its_committed_images(tmp_path, tiny_mo
     app = create_app(reader, thumbs_dir=tmp_path / "thumbs", upload_dir=tmp_path / "uploads")
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         def count() -> tuple[int, int]:
-            res = http.get("/api/search", params={"q": "a picture", "limit": 100})
+            res = http.get("/api/search", params={"q": "a picture", "limit": 100, "cutoff": "none"})
             assert res.status_code == 200, res.text
             return len(res.json()["results"]), http.get("/api/status").json()["images"]
 
@@ -65,7 +65,8 @@ def test_a_query_during_an_index_run_sees_its_committed_images(tmp_path, tiny_mo
             assert 0 < n < 20
             assert child.poll() is None  # still running, holding the writer lock
             assert count() == (6 + n, 6 + n)
-            thumbs = [r["thumb"] for r in http.get("/api/search", params={"q": "a picture", "limit": 100}).json()["results"]]
+            found = http.get("/api/search", params={"q": "a picture", "limit": 100, "cutoff": "none"}).json()
+            thumbs = [r["thumb"] for r in found["results"]]
             assert all(http.get(t).status_code == 200 for t in thumbs)  # the new images are served too
             child.stdin.write("go on\n")
             child.stdin.flush()

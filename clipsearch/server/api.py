@@ -7,6 +7,7 @@ URL or opens a path the client names.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -29,6 +30,8 @@ from .thumbs import render
 from .uploads import UploadTooLarge, check_image
 
 MAX_PAGE = 1000
+# days whose times in nanoseconds fit a 64-bit integer (a file's mtime is compared in ns)
+MIN_DAY, MAX_DAY = dt.date(1678, 1, 1), dt.date(2261, 12, 31)
 DEFAULT_PAGE = 60
 IMMUTABLE = "private, max-age=31536000, immutable"
 
@@ -126,7 +129,7 @@ class SearchParams:
     limit: int
     offset: int
     min_score: float | None
-    cutoff: str
+    cutoff: str | None  # None: the Query's own default
     sort: str
     filters: Filters
 
@@ -157,14 +160,16 @@ def search_params(
     limit: Annotated[int, Q(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     offset: Annotated[int, Q(ge=0, le=MAX_K - 1)] = 0,
     min_score: Annotated[float | None, Q(allow_inf_nan=False, ge=-2, le=2)] = None,
-    cutoff: Literal["none", "auto"] = "none",
+    cutoff: Annotated[Literal["none", "auto"] | None,
+                      Q(description="auto: only the results that stand out; none: all (default: "
+                                    "the library's, see /api/status)")] = None,
     sort: Literal["score", "date", "path"] = "score",
     folder: Annotated[str | None, Q(max_length=4096, description="only images under this folder")] = None,
     path_glob: Annotated[str | None, Q(max_length=1024, description="a shell glob on the whole path")] = None,
-    taken_from: Annotated[dt.date | None, Q(description="taken on or after this day (EXIF date)")] = None,
-    taken_to: Annotated[dt.date | None, Q(description="taken on or before this day")] = None,
-    modified_from: Annotated[dt.date | None, Q(description="file modified on or after this day")] = None,
-    modified_to: Annotated[dt.date | None, Q(description="file modified on or before this day")] = None,
+    taken_from: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="taken on or after this day (EXIF date)")] = None,
+    taken_to: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="taken on or before this day")] = None,
+    modified_from: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="file modified on or after this day")] = None,
+    modified_to: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="file modified on or before this day")] = None,
     min_width: Annotated[int | None, Q(ge=0, le=1_000_000)] = None,
     min_height: Annotated[int | None, Q(ge=0, le=1_000_000)] = None,
     min_megapixels: Annotated[float | None, Q(ge=0, le=100_000, allow_inf_nan=False)] = None,
@@ -197,8 +202,15 @@ def build_query(p: SearchParams, upload_path: str | None = None) -> Query:
         terms.append(Term.image(upload_path))
     if not terms:
         raise ConfigError("nothing to search for: give words (q), an image id (like) or an example image")
-    return Query(terms=tuple(terms), k=p.offset + p.limit, min_score=p.min_score, cutoff=p.cutoff,
-                 filters=p.filters, sort=p.sort)
+    options = {} if p.cutoff is None else {"cutoff": p.cutoff}
+    return Query(terms=tuple(terms), k=p.offset + p.limit, min_score=p.min_score, filters=p.filters, sort=p.sort,
+                 **options)
+
+
+def query_defaults() -> dict:
+    """What a search does when the request does not say (the Query's own defaults)."""
+    fields = {f.name: f.default for f in dataclasses.fields(Query)}
+    return {"cutoff": fields["cutoff"], "sort": fields["sort"]}
 
 
 def _run_search(request: Request, p: SearchParams, upload: str | None) -> Response:
@@ -360,4 +372,4 @@ def status(request: Request):
     ctx = request.app.state.clipsearch
     return {**ctx.reader.status(), "version": __version__, "thumbnail_type": ctx.thumbs.media_type,
             "upload_max_bytes": ctx.upload_max_bytes, "upload_max_pixels": ctx.upload_max_pixels,
-            "max_results": MAX_PAGE}
+            "max_results": MAX_PAGE, "defaults": query_defaults()}

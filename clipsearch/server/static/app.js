@@ -504,6 +504,12 @@
   fetch("/api/status").then((r) => r.json().then((s) => {
     if (!r.ok) throw new Error(errorText(s, r.status));
     S.limits = s;
+    Object.assign(DEFAULTS, s.defaults || {});  // the server's defaults: a URL leaves them out
+    for (const key of ["sort", "cutoff"]) {
+      for (const o of $("#" + key).options) o.textContent = o.textContent.replace(/ \(default\)$/, "") +
+        (o.value === DEFAULTS[key] ? " (default)" : "");
+      if (!S.params.get(key)) $("#" + key).value = DEFAULTS[key];
+    }
     $("#library-info").textContent = `${s.model || "no model"} · ${s.images.toLocaleString()} images · ` +
       `${s.dim ? s.dim + "-d vectors" : "no vectors yet"}`;
     const list = $("#roots");
