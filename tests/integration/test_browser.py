@@ -103,10 +103,7 @@ def tile_ids(driver) -> list[int]:
 
 
 def expected_ids(reader, query: Query) -> list[int]:
-    """What the engine answers with the page's default cut-off (none: the page shows the closest images)."""
-    from dataclasses import replace
-
-    return [r.embedding_id for r in reader.search(replace(query, cutoff="none"))]
+    return [r.embedding_id for r in reader.search(query)]
 
 
 def new_search_done(driver, before: list[int]):
