@@ -269,7 +269,7 @@ def test_resnet_tower_trains_freezes_and_serves(shapes_folder, tmp_path):
     lib = tmp_path / "lib"
     r = CliRunner().invoke(cli, ["index", str(shapes_folder / "images"), "--library", str(lib), "--model", str(out), "-q"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(cli, ["query", "a red circle", "--library", str(lib), "--json", "-k", "3"])
+    r = CliRunner().invoke(cli, ["query", "a red circle", "--library", str(lib), "--json", "-k", "3", "--cutoff", "none"])  # serving, not the cut-off
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)) == 3
     r = CliRunner().invoke(cli, ["status", "--library", str(lib), "--json"])
