@@ -265,19 +265,21 @@ async def search_by_image(request: Request, params: Annotated[SearchParams, Depe
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > ctx.upload_max_bytes:
         raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > ctx.upload_max_bytes:
-            raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB limit")
-        chunks.append(chunk)
-    data = b"".join(chunks)
+    async with ctx.upload_slots:  # a few uploads in memory at a time, however many arrive
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ctx.upload_max_bytes:
+                raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB "
+                                     f"limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
 
-    def run():
-        check_image(data, max_pixels=ctx.upload_max_pixels)
-        return _run_search(request, params, ctx.uploads.put(data))
+        def run():
+            check_image(data, max_pixels=ctx.upload_max_pixels)
+            return _run_search(request, params, ctx.uploads.put(data))
 
-    return await run_in_threadpool(run)
+        return await run_in_threadpool(run)
 
 
 # -- images ---------------------------------------------------------------------------------------
