@@ -25,6 +25,7 @@ from ..errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 MAX_ID = 2 ** 63 - 1
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _ID = re.compile(r"[1-9][0-9]{0,18}")
 _HEX = re.compile(r"[0-9a-f]{8,128}")
 # what a browser is told a file is: from the decoder's verdict, never from the name or the client
@@ -112,7 +113,7 @@ def unchanged(live: LiveFile) -> bool:
 def read_verified(live: LiveFile, *, max_bytes: int = imaging.DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of the indexed file, checked to be what was indexed."""
     try:
-        fd = os.open(live.real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(live.real, _OPEN_FLAGS)
     except OSError:
         raise NotFoundError("the image's file cannot be opened") from None
     try:
@@ -173,7 +174,7 @@ def photo_facts(live: LiveFile) -> dict:
     header_errors = _pil_errors()
     facts: dict = {"format": None, "taken": None, "turned": False}
     try:
-        fd = os.open(live.real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(live.real, _OPEN_FLAGS)
     except OSError:
         return facts
     try:
