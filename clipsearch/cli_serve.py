@@ -170,6 +170,7 @@ def _log_config() -> dict:
     """uvicorn's own errors to stderr, nothing else of logging touched."""
     return {"version": 1, "disable_existing_loggers": False,
             "formatters": {"plain": {"format": "%(levelname)s: %(message)s"}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
+                                    "stream": "ext://sys.stderr"}},
             "loggers": {"uvicorn": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
                         "uvicorn.error": {"level": "WARNING"}, "uvicorn.access": {"handlers": [], "propagate": False}}}

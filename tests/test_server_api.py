@@ -223,7 +223,8 @@ def test_uploads_are_capped_and_must_be_images(reader, tmp_path):
 
 def test_uploads_are_kept_in_a_private_folder_and_removed_at_shutdown(reader, tmp_path):
     with _client(reader, tmp_path) as c:
-        key = c.post("/api/search/image", content=_encode(3, (50, 50)), headers={"content-type": "image/png"}).json()["upload"]
+        res = c.post("/api/search/image", content=_encode(3, (50, 50)), headers={"content-type": "image/png"})
+        key = res.json()["upload"]
         [folder] = list((tmp_path / "uploads").iterdir())
         assert oct(folder.stat().st_mode & 0o777) == "0o700"
         assert (folder / key).read_bytes() == _encode(3, (50, 50))

@@ -1,4 +1,5 @@
-"""`clipsearch serve`: binding and token decisions, the printed URL, the missing extra, a real run stopped by a signal."""
+"""`clipsearch serve`: binding and token decisions, the printed URL, the missing extra, a real run stopped by a
+signal, the listening socket's options."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_a_query_during_an_index_run_sees_its_committed_images(tmp_path, tiny_mo
 
         assert count() == (6, 6)
         child = subprocess.Popen(
-            [sys.executable, "-c", HELD_INDEXER, "index", str(second), "--library", str(lib), "-q", "--batch-size", "4"],
+            [sys.executable, "-c", HELD_INDEXER, "index", str(second), "--library", str(lib), "-q",
+             "--batch-size", "4"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = child.stdout.readline()

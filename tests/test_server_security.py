@@ -57,7 +57,8 @@ def test_forwarded_host_headers_are_not_trusted(reader, tmp_path):
         spoof = {"host": "evil.example", "x-forwarded-host": "localhost", "forwarded": "host=localhost",
                  "x-forwarded-for": "127.0.0.1", "x-real-ip": "127.0.0.1"}
         assert c.get("/api/status", headers=spoof).status_code == 403
-        assert c.get("/api/status", headers={"host": "localhost", "x-forwarded-host": "evil.example"}).status_code == 200
+        honest = {"host": "localhost", "x-forwarded-host": "evil.example"}
+        assert c.get("/api/status", headers=honest).status_code == 200
 
 
 def test_hosts_with_a_port_and_ip_literals(reader, tmp_path):
@@ -92,14 +93,16 @@ def test_cross_site_requests_are_refused(reader, tmp_path, headers):
 def test_same_origin_and_followed_links_are_answered(reader, tmp_path):
     with _client(reader, tmp_path) as c:
         assert c.get("/api/status", headers={"origin": "http://localhost"}).status_code == 200
-        assert c.get("/api/status", headers={"sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"}).status_code == 200
+        same = {"sec-fetch-site": "same-origin", "sec-fetch-mode": "cors"}
+        assert c.get("/api/status", headers=same).status_code == 200
         link = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}  # a bookmark shared in a chat
         assert c.get("/", params={"q": "a red circle"}, headers=link).status_code == 200
 
 
 def test_no_cors_at_all(reader, tmp_path):
     with _client(reader, tmp_path) as c:
-        pre = c.options("/api/search", headers={"origin": "http://evil.example", "access-control-request-method": "GET"})
+        pre = c.options("/api/search",
+                        headers={"origin": "http://evil.example", "access-control-request-method": "GET"})
         assert pre.status_code in (403, 405)
         assert not [h for h in pre.headers if h.startswith("access-control-")]
         res = c.get("/api/search", params={"q": "a red circle"})

@@ -151,6 +151,10 @@ def _plain_text(value: str | None, what: str) -> str | None:
     return value
 
 
+def Day(description: str):  # noqa: N802 - a parameter declaration, like Q
+    return Q(ge=MIN_DAY, le=MAX_DAY, description=f"{description} (from {MIN_DAY} to {MAX_DAY})")
+
+
 def search_params(
     q: Annotated[str | None, Q(description="words, with ` + ` and ` - ` between terms and `WEIGHT:` before one, "
                                            "e.g. `2:a dog + on a beach - 0.5:at night`")] = None,
@@ -166,10 +170,10 @@ def search_params(
     sort: Literal["score", "date", "path"] = "score",
     folder: Annotated[str | None, Q(max_length=4096, description="only images under this folder")] = None,
     path_glob: Annotated[str | None, Q(max_length=1024, description="a shell glob on the whole path")] = None,
-    taken_from: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="taken on or after this day (EXIF date)")] = None,
-    taken_to: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="taken on or before this day")] = None,
-    modified_from: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="file modified on or after this day")] = None,
-    modified_to: Annotated[dt.date | None, Q(ge=MIN_DAY, le=MAX_DAY, description="file modified on or before this day")] = None,
+    taken_from: Annotated[dt.date | None, Day(description="taken on or after this day (EXIF date)")] = None,
+    taken_to: Annotated[dt.date | None, Day(description="taken on or before this day")] = None,
+    modified_from: Annotated[dt.date | None, Day(description="file modified on or after this day")] = None,
+    modified_to: Annotated[dt.date | None, Day(description="file modified on or before this day")] = None,
     min_width: Annotated[int | None, Q(ge=0, le=1_000_000)] = None,
     min_height: Annotated[int | None, Q(ge=0, le=1_000_000)] = None,
     min_megapixels: Annotated[float | None, Q(ge=0, le=100_000, allow_inf_nan=False)] = None,
@@ -247,9 +251,9 @@ def search(request: Request, params: Annotated[SearchParams, Depends(search_para
     return _run_search(request, params, upload or None)
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_BODY = {"requestBody": {"required": True, "description": "the image file's bytes",
-                               "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                                           "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+                               "content": {"application/octet-stream": _BINARY, "image/*": _BINARY}}}
 
 
 @router.post("/search/image", response_model=SearchResponse, openapi_extra=UPLOAD_BODY,
@@ -265,19 +269,21 @@ async def search_by_image(request: Request, params: Annotated[SearchParams, Depe
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > ctx.upload_max_bytes:
         raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > ctx.upload_max_bytes:
-            raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB limit")
-        chunks.append(chunk)
-    data = b"".join(chunks)
+    async with ctx.upload_slots:  # a few uploads in memory at a time, however many arrive
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ctx.upload_max_bytes:
+                raise UploadTooLarge(f"the uploaded file is over the {ctx.upload_max_bytes // (1024 * 1024)} MiB "
+                                     f"limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
 
-    def run():
-        check_image(data, max_pixels=ctx.upload_max_pixels)
-        return _run_search(request, params, ctx.uploads.put(data))
+        def run():
+            check_image(data, max_pixels=ctx.upload_max_pixels)
+            return _run_search(request, params, ctx.uploads.put(data))
 
-    return await run_in_threadpool(run)
+        return await run_in_threadpool(run)
 
 
 # -- images ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -28,6 +29,7 @@ from .uploads import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, UploadStore, UploadT
 
 STATIC = Path(__file__).resolve().parent / "static"
 THUMBS_DIR = "thumbs"
+UPLOADS_AT_ONCE = 4  # example images held in memory at once (each up to upload_max_bytes)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ServerContext:
     upload_max_bytes: int
     upload_max_pixels: int
     render_slots: threading.BoundedSemaphore
+    upload_slots: asyncio.Semaphore
 
 
 # the most specific class first
@@ -85,7 +88,8 @@ def create_app(reader, *, token: str | None = None, allowed_hosts=LOOPBACK_HOSTS
     app.state.clipsearch = ServerContext(
         reader=reader, thumbs=ThumbnailStore(thumbs_dir, max_bytes=thumb_cache_bytes), uploads=uploads,
         upload_max_bytes=upload_max_bytes, upload_max_pixels=upload_max_pixels,
-        render_slots=threading.BoundedSemaphore(render_threads or max(1, min(4, os.cpu_count() or 1))))
+        render_slots=threading.BoundedSemaphore(render_threads or max(1, min(4, os.cpu_count() or 1))),
+        upload_slots=asyncio.Semaphore(UPLOADS_AT_ONCE))
 
     @app.exception_handler(ClipSearchError)
     async def clipsearch_error(request: Request, error: ClipSearchError):

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,12 +25,21 @@ from ..errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 MAX_ID = 2 ** 63 - 1
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _ID = re.compile(r"[1-9][0-9]{0,18}")
 _HEX = re.compile(r"[0-9a-f]{8,128}")
 # what a browser is told a file is: from the decoder's verdict, never from the name or the client
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
                  "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif", "AVIF": "image/avif",
                  "MPO": "image/jpeg"}
+
+
+def _pil_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # what Pillow raises on hostile headers (the same classes imaging.decode turns into a reason)
+    return (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, ZeroDivisionError, KeyError,
+            AttributeError, struct.error, RuntimeError, MemoryError, Image.DecompressionBombError)
 
 
 class RefusedError(NotFoundError):
@@ -103,7 +113,7 @@ def unchanged(live: LiveFile) -> bool:
 def read_verified(live: LiveFile, *, max_bytes: int = imaging.DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of the indexed file, checked to be what was indexed."""
     try:
-        fd = os.open(live.real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(live.real, _OPEN_FLAGS)
     except OSError:
         raise NotFoundError("the image's file cannot be opened") from None
     try:
@@ -142,13 +152,14 @@ def sniff_format(data: bytes) -> str | None:
     """The image format the decoder recognises in these bytes (header only), or None."""
     from PIL import Image
 
+    header_errors = _pil_errors()
     imaging.register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 return im.format
-    except Exception:  # noqa: BLE001 - any failure to identify means "not an image we serve"
+    except header_errors:  # any failure to identify means "not an image we serve"
         return None
 
 
@@ -160,9 +171,10 @@ def photo_facts(live: LiveFile) -> dict:
     its EXIF orientation turns it by 90 degrees (then it is shown with width and height swapped)."""
     from PIL import Image
 
+    header_errors = _pil_errors()
     facts: dict = {"format": None, "taken": None, "turned": False}
     try:
-        fd = os.open(live.real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(live.real, _OPEN_FLAGS)
     except OSError:
         return facts
     try:
@@ -178,7 +190,7 @@ def photo_facts(live: LiveFile) -> dict:
                     facts["turned"] = exif.get(0x0112) in (5, 6, 7, 8)  # shown rotated by 90 degrees
                     raw = exif.get_ifd(0x8769).get(36867) or exif.get_ifd(0x8769).get(36868) or exif.get(306)
         facts["taken"] = _exif_date(raw)
-    except Exception as e:  # noqa: BLE001 - a damaged header only loses the facts, never the request
+    except header_errors as e:  # a damaged header only loses the facts, never the request
         logger.debug("no facts from %r: %s", live.real, e)
     return facts
 
