@@ -12,12 +12,11 @@ import io
 import itertools
 import os
 import stat
-import threading
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ._sync import SharedExclusiveLock
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff",
@@ -184,68 +183,6 @@ def read_file(entry: Entry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
-
-
-class SharedExclusiveLock:
-    """Many holders of the shared side at once, or one of the exclusive side; a waiting exclusive holder goes
-    before new shared ones (so a stream of decodes cannot starve it)."""
-
-    def __init__(self):
-        self._cond = threading.Condition(threading.Lock())
-        self._shared = 0
-        self._exclusive = False
-        self._waiting_exclusive = 0
-        self._waiting_shared = 0
-
-    def acquire_shared(self) -> None:
-        with self._cond:
-            if self._exclusive or self._waiting_exclusive:
-                self._waiting_shared += 1
-                try:
-                    while self._exclusive or self._waiting_exclusive:
-                        self._cond.wait()
-                finally:
-                    self._waiting_shared -= 1
-            self._shared += 1
-
-    def release_shared(self) -> None:
-        with self._cond:
-            self._shared -= 1
-            if not self._shared and self._waiting_exclusive:
-                self._cond.notify_all()
-
-    @contextmanager
-    def shared(self):
-        self.acquire_shared()
-        try:
-            yield
-        finally:
-            self.release_shared()
-
-    @contextmanager
-    def exclusive(self):
-        with self._cond:
-            self._waiting_exclusive += 1
-            try:
-                while self._exclusive or self._shared:
-                    self._cond.wait()
-            except BaseException:  # e.g. Ctrl-C while waiting: let the shared holders it held back go
-                self._waiting_exclusive -= 1
-                self._cond.notify_all()
-                raise
-            self._waiting_exclusive -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-    def waiting(self) -> tuple[int, int]:
-        """(shared, exclusive) holders waiting now: for tests."""
-        with self._cond:
-            return self._waiting_shared, self._waiting_exclusive
 
 
 # Pillow's LOAD_TRUNCATED_IMAGES is process-wide: every decode holds the shared side, and the --allow-truncated

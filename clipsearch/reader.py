@@ -5,7 +5,7 @@
 
 It holds the model and the search cache once, loads each lazily (under a lock, at most once), and sees
 batches that another process commits without a restart: every search first compares the catalog's
-commit sequence with the cache's watermark and catches up (under the write side of a readers-writer
+commit sequence with the cache's watermark and catches up (under the exclusive side of a shared/exclusive
 lock, so no search reads the index while it changes). It never writes the database, the cache file or
 the lock.
 """
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from . import identity, imaging
-from ._sync import RWLock
+from ._sync import SharedExclusiveLock
 from .cache import SearchCache
 from .errors import ConfigError, EmptyLibraryError, ImageError, LibraryNotFoundError, NotFoundError
 from .query import Query
@@ -54,7 +54,7 @@ class Reader:
         self._image_encoder = None  # the light image tower (encoders/imagefast.py); False when it does not apply
         self._model_lock = threading.Lock()
         self._index: VectorIndex | None = None
-        self._index_lock = RWLock()
+        self._index_lock = SharedExclusiveLock()
 
     @classmethod
     def open(cls, path: str | os.PathLike, **options) -> "Reader":
@@ -140,7 +140,7 @@ class Reader:
 
         The returned index may be caught up by another thread at any time: search through `search`,
         which holds the read side of the lock while it uses the index."""
-        with self._index_lock.write():
+        with self._index_lock.exclusive():
             return self._refresh()
 
     def _refresh(self) -> VectorIndex:
@@ -155,7 +155,7 @@ class Reader:
 
     def adopt(self, index: VectorIndex) -> None:
         """Use an index the writer in this process has just built (it is caught up already)."""
-        with self._index_lock.write():
+        with self._index_lock.exclusive():
             self._index = index
 
     def _current(self) -> VectorIndex | None:
@@ -177,9 +177,9 @@ class Reader:
                      else Query.image(os.fspath(image), k=k, min_score=min_score, include_self=True, cutoff="none"))
         query.validate()
         if self._current() is None:
-            with self._index_lock.write():
+            with self._index_lock.exclusive():
                 self._refresh()
-        with self._index_lock.read():
+        with self._index_lock.shared():
             index = self._index
             if index.ntotal == 0:
                 raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
