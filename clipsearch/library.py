@@ -290,24 +290,9 @@ class Library:
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict:
+        """Reader.status, plus the known roots that are offline (an unmounted disk: its files are kept)."""
         from .tools.manage import offline_roots
 
-        meta = self.catalog.all_meta()
-        counts = self.catalog.counts()
-        last = meta.get("last_index_at")
-        offline = offline_roots(self.catalog)  # an unmounted disk: its files are kept, shown as offline
-        return {
-            "library": str(self.path),
-            "model": meta.get("model"),
-            "model_fingerprint": meta.get("model_fingerprint"),
-            "dim": int(meta["dim"]) if meta.get("dim") else None,
-            "images": counts["ok"],
-            "vectors": counts["vectors"],
-            "failed": counts["failed"],
-            "deleted": counts["deleted"],
-            "roots": [os.fsdecode(r["path"]) for r in self.catalog.roots()],
-            "offline_roots": offline,
-            "offline": sum(self.catalog.count_files_under(os.fsencode(r)) for r in offline),
-            "last_index": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(last))) if last else None,
-            "seq": int(meta.get("seq", 0)),
-        }
+        offline = offline_roots(self.catalog)
+        return {**self.reader.status(), "offline_roots": offline,
+                "offline": sum(self.catalog.count_files_under(os.fsencode(r)) for r in offline)}
