@@ -12,7 +12,6 @@ it was trained with). An image that is indexed uses its stored vector: no image 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,33 +68,12 @@ def templates_for(model: str | None) -> tuple[str, ...]:
     return MODEL_TEMPLATES.get(model or "", DEFAULT_TEMPLATES)
 
 
-def logit_scale(model: str | None) -> float:
-    """exp(logit_scale) from the model's safetensors checkpoint, read without loading the model;
-    FALLBACK_LOGIT_SCALE when there is no such file to read."""
-    from ..encoders import parse_model_spec
-    from ..encoders.textfast import SAFETENSORS_NAME
+def logit_scale(model: str | None, recorded: Path | None = None) -> float:
+    """exp(logit_scale) from the model's safetensors checkpoint (cutoff.model_logit_scale, which also reads a
+    pretrained model's weights where the library recorded them); FALLBACK_LOGIT_SCALE when it cannot be read."""
+    from ..cutoff import model_logit_scale
 
-    try:
-        spec = parse_model_spec(model or "")
-    except ConfigError:
-        return FALLBACK_LOGIT_SCALE
-    weights = None
-    if spec.kind in ("builtin", "dir"):
-        weights = Path(spec.path) / SAFETENSORS_NAME
-    elif spec.kind == "file" and Path(spec.path).suffix == ".safetensors":
-        weights = Path(spec.path)
-    if weights is None or not weights.is_file():
-        return FALLBACK_LOGIT_SCALE
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="numpy") as f:
-            if "logit_scale" not in f.keys():
-                return FALLBACK_LOGIT_SCALE
-            value = float(np.exp(np.asarray(f.get_tensor("logit_scale"), np.float64).reshape(-1)[0]))
-    except (OSError, ValueError, KeyError, IndexError, RuntimeError):
-        return FALLBACK_LOGIT_SCALE
-    return value if math.isfinite(value) and value > 0 else FALLBACK_LOGIT_SCALE
+    return model_logit_scale(model, recorded) or FALLBACK_LOGIT_SCALE
 
 
 def label_matrix(embed_texts: Callable[[list[str]], np.ndarray], labels: Sequence[str],
@@ -137,7 +115,9 @@ class Classifier:
         for t in self.templates:
             if "{}" not in t:
                 raise ConfigError(f"a template must contain {{}} (where the label goes), not {t!r}")
-        self.scale = logit_scale(model)
+        from ..identity import recorded_weights
+
+        self.scale = logit_scale(model, recorded_weights(reader.catalog))
         self.matrix = label_matrix(reader.embed_texts, self.labels, self.templates)
 
     def classify_vectors(self, vectors: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
