@@ -123,6 +123,9 @@ FILTER_CASES = {
     "glob-relative": Filters(path_glob="*.png"),
     "glob-question": Filters(path_glob="photos/4/img_0??1?.jpg"),
     "modified": Filters(modified_after=T0 + 30 * DAY, modified_before=T0 + 45 * DAY),
+    # bounds past what nanoseconds in 64 bits hold (after 2262, before 1677) bound nothing more than its ends
+    "modified-until-2286": Filters(modified_after=T0 + 30 * DAY, modified_before=1e10),
+    "modified-since-1653": Filters(modified_after=-1e10, modified_before=T0 + 45 * DAY),
     "taken": Filters(taken_after=T0 - 100 * DAY, taken_before=T0 - 90 * DAY),
     "taken-after-only": Filters(taken_after=T0 - 3 * DAY),
     "width-height": Filters(min_width=4000, min_height=3000),

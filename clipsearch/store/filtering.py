@@ -19,6 +19,15 @@ def prefix_range(root: bytes) -> tuple[bytes, bytes]:
     return base, base[:-1] + b"0"  # '0' is the byte after '/'
 
 
+_NS_MIN, _NS_MAX = -(2 ** 63), 2 ** 63 - 1  # what a 64-bit integer column holds
+
+
+def _ns(seconds: float) -> int:
+    """A time bound in nanoseconds, clamped to the 64-bit range the column holds: a date past 2262 (or before
+    1677) bounds nothing more than the range's end does, and would overflow the database's integer."""
+    return max(_NS_MIN, min(_NS_MAX, round(seconds * 1e9)))
+
+
 def filter_conditions(filters, path_text) -> tuple[list, "GlobPlan | None"]:
     """SQL conditions for a checked query.Filters (filters.check_filters), and the glob still to check
     exactly on the rows they select (LIKE is only a superset of the glob). `path_text(column)` is the
@@ -35,9 +44,9 @@ def filter_conditions(filters, path_text) -> tuple[list, "GlobPlan | None"]:
             conds += [f.path >= glob.prefix, f.path < glob.upper]
         conds.append(path_text(f.path).like(glob.like, escape="\\"))
     if filters.modified_after is not None:
-        conds.append(f.mtime_ns >= round(filters.modified_after * 1e9))
+        conds.append(f.mtime_ns >= _ns(filters.modified_after))
     if filters.modified_before is not None:
-        conds.append(f.mtime_ns < round(filters.modified_before * 1e9))
+        conds.append(f.mtime_ns < _ns(filters.modified_before))
     if filters.taken_after is not None:
         conds.append(f.taken_at >= filters.taken_after)
     if filters.taken_before is not None:
