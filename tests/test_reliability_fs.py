@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 import socket
 import subprocess
 import sys
@@ -91,7 +92,8 @@ print(json.dumps(out))
 
 
 def test_unreadable_file_and_directory_as_a_non_root_user(tmp_path_factory):
-    base = Path("/tmp") / f"cs-nonroot-{os.getpid()}"
+    # beside pytest's tmp dirs, not inside them: user 'nobody' must be able to enter every parent folder
+    base = Path(tempfile.gettempdir()) / f"cs-nonroot-{os.getpid()}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(mode=0o755)
     try:
