@@ -92,7 +92,7 @@ def build_library(path: Path, photos: Path, n: int, model: str) -> None:
                                    content_hash=f"{i:040x}", vector=v[i - start], width=640, height=480))
             cat.commit_batch(recs, root_id=root, scan=scan)
         cat.touch_root(root, complete=True)
-        lib._publish(lib.vector_index())  # the cache file, as an index run leaves it
+        lib.cache.publish(lib.vector_index())  # the cache file, as an index run leaves it
         cat.checkpoint()
     finally:
         lib.close()

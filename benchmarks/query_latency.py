@@ -71,7 +71,7 @@ def build_library(path: Path, n: int, model: str) -> None:
                            width=4000, height=3000) for i in range(m)]
             cat.commit_batch(recs, root_id=root, scan=scan)
         cat.touch_root(root, complete=True)
-        lib._publish(lib.vector_index())  # the cache file, as an index run leaves it
+        lib.cache.publish(lib.vector_index())  # the cache file, as an index run leaves it
         cat.checkpoint()
     finally:
         lib.close()

@@ -159,7 +159,7 @@ class Library:
     def dim(self) -> int | None:
         return self.reader.dim
 
-    # -- the writer lock and the cache, for the indexing run -----------------------------------
+    # -- the writer lock (names the CLI's interrupt holding knows: cli_interrupts.HOLD_FUNCTIONS) --
     def _acquire_lock(self) -> None:
         self.lock.acquire()
 
@@ -173,23 +173,6 @@ class Library:
     def vector_index(self) -> VectorIndex:
         """The cache, loaded or rebuilt, and caught up with every commit so far."""
         return self.reader.vector_index()
-
-    @property
-    def _index(self) -> VectorIndex | None:
-        return self.reader._index
-
-    @_index.setter
-    def _index(self, index: VectorIndex) -> None:
-        self.reader.adopt(index)
-
-    def _load_cache(self, dim: int) -> VectorIndex:
-        return self.cache.load(dim)
-
-    def _catch_up(self, index: VectorIndex) -> bool:
-        return self.cache.catch_up(index)
-
-    def _publish(self, index: VectorIndex) -> None:
-        self.cache.publish(index)
 
     # -- indexing -------------------------------------------------------------------------------
     def index(self, paths: Iterable[str | os.PathLike] | None = None, *,
@@ -220,9 +203,9 @@ class Library:
             # the model is loaded only when a file's content is new (Indexer); a library with vectors knows its
             # dimension, and a new one gets its cache once the model (which records the dimension) is loaded
             dim = self.dim
-            index = self._load_cache(dim) if dim is not None else None
+            index = self.cache.load(dim) if dim is not None else None
             if index is not None:
-                self._catch_up(index)
+                self.cache.catch_up(index)
             last_publish = time.monotonic()
 
             def on_commit(seq: int) -> None:
@@ -231,9 +214,9 @@ class Library:
                     if not indexer.encoder_loaded:
                         return  # no model yet, so no vectors yet: nothing for a cache
                     index = VectorIndex(indexer.encoder().dim)
-                self._catch_up(index)
+                self.cache.catch_up(index)
                 if time.monotonic() - last_publish > PUBLISH_EVERY_SECONDS:
-                    self._publish(index)
+                    self.cache.publish(index)
                     last_publish = time.monotonic()
 
             indexer = Indexer(self.catalog, lambda: self.encoder, batch_size=self.batch_size, workers=self.workers,
@@ -249,11 +232,11 @@ class Library:
                     if index is None and indexer.encoder_loaded:
                         index = VectorIndex(indexer.encoder().dim)
                     if index is not None:
-                        self._catch_up(index)
+                        self.cache.catch_up(index)
                         with storage_errors(f"writing the search cache {self.index_path} (the database has every "
                                             f"committed batch; the previous cache file is intact)"):
-                            self._publish(index)
-                        self._index = index
+                            self.cache.publish(index)
+                        self.reader.adopt(index)
                 except Exception as e:
                     if not failed:
                         raise
@@ -285,7 +268,7 @@ class Library:
         checker = Checker(self.path, self.catalog, self.cache, self.lock)
         report = checker.run(repair=repair)
         if checker.repaired_index is not None:
-            self._index = checker.repaired_index
+            self.reader.adopt(checker.repaired_index)
         return report
 
     # -- status ---------------------------------------------------------------------------------
