@@ -10,8 +10,12 @@ so the page can show their thumbnails. The model is ViT-B-32 with random weights
 their values).
 
 HTTP: `clipsearch serve --port 0` in its own process, one keep-alive client in this one, GET
-/api/search?q=TEXT&limit=K; each query is also run through a Reader in this process right before it (the
-same texts, the same k), so both columns see the same machine load. Browser: Debian's headless chromium
+/api/search?q=TEXT&limit=K. The same texts (the same k) also go through a Reader in this process, in a pass
+of their own before the HTTP pass, with the server idle: a query uses the BLAS threads of every core that
+other processes leave idle (clipsearch/_blas.py), so running the two side by side, query by query, would
+make each see the other's threads as load and measure both on one core. A third pass repeats the HTTP
+searches while a CPU-bound process keeps one core busy: what a query costs on a loaded machine.
+Browser: Debian's headless chromium
 opening /?q=TEXT, from navigation start to every thumbnail in view decoded (the page records it in
 window.clipsearchTimings.grid): new queries with cold thumbnails (made and cached by the server), then the same
 queries again (cached).
@@ -127,42 +131,72 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def _texts(n_queries: int, salt: str = "") -> list[str]:
+    return [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) and not salt else f" {salt}{i}")
+            for i in range(n_queries)]
+
+
+def _settle() -> None:
+    time.sleep(1.0)  # OpenBLAS threads that spin after a product go to sleep; load samples age
+
+
 def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -> None:
     import httpx
 
     from clipsearch import Query, Reader
 
-    texts = [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" {i}") for i in range(n_queries)]
-    api, http, inside, api_cpu, server_cpu = [], [], [], [], []
-    with Reader.open(path) as reader, httpx.Client(base_url=url, timeout=60) as client:
+    texts = _texts(n_queries)
+    api, api_cpu, answers = [], [], []
+    with Reader.open(path) as reader:
         for warm in ("warm up", "a second warm up"):
             reader.search(Query.text(warm, k=k))
-            client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
         for text in texts:
             c0 = time.thread_time()
             t0 = time.perf_counter()
             res = reader.search(Query.text(text, k=k))
-            t1 = time.perf_counter()
+            api.append(time.perf_counter() - t0)
             api_cpu.append(time.thread_time() - c0)
+            answers.append([x.embedding_id for x in res])
+    _settle()
+
+    def over_http(client, texts):
+        wall, inside, cpu = [], [], []
+        for warm in ("warm up", "a second warm up"):
+            client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
+        for text in texts:
             s0 = cpu_ns(server_pid)
-            t1 = time.perf_counter()
+            t0 = time.perf_counter()
             r = client.get("/api/search", params={"q": text, "limit": k})
-            t2 = time.perf_counter()
-            server_cpu.append((cpu_ns(server_pid) - s0) / 1e9)
+            wall.append(time.perf_counter() - t0)
+            cpu.append((cpu_ns(server_pid) - s0) / 1e9)
             r.raise_for_status()
             body = r.json()
-            assert [x["id"] for x in body["results"]] == [x.embedding_id for x in res]  # the same answer
-            api.append(t1 - t0)
-            http.append(t2 - t1)
             inside.append(body["elapsed_ms"] / 1000)
-    print(f"  warm text search, k={k}, {n_queries} queries (each through the Python API, then over HTTP):")
+            yield [x["id"] for x in body["results"]]
+        over_http.figures = (wall, inside, cpu)
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        got = list(over_http(client, texts))
+        assert got == answers, "the server and the Python API ranked differently"  # the same answer
+        http, inside, server_cpu = over_http.figures
+        _settle()
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.5)
+            list(over_http(client, _texts(n_queries, "busy ")))
+            busy, busy_inside, _ = over_http.figures
+        finally:
+            hog.kill()
+            hog.wait()
+        _settle()
+    print(f"  warm text search, k={k}, {n_queries} queries (a pass through the Python API, then one over HTTP):")
     print(f"    Python API (Reader.search)          {fmt(api)}")
     print(f"    HTTP GET /api/search                {fmt(http)}")
     print(f"    (search inside the server)          {fmt(inside)}")
-    print(f"    (HTTP minus API, per query p50)     {1000 * pct([h - a for h, a in zip(http, api)], 0.5):7.1f} ms")
+    print(f"    (HTTP minus API, p50 minus p50)     {1000 * (pct(http, 0.5) - pct(api, 0.5)):7.1f} ms")
     print(f"    CPU time, API search (its thread)   {fmt(api_cpu)}")
-    print(f"    CPU time, server per HTTP request   {fmt(server_cpu)}   (all its threads: what the wall time "
-          f"would be on an idle core)")
+    print(f"    CPU time, server per HTTP request   {fmt(server_cpu)}   (all its threads)")
+    print(f"    HTTP, one core kept busy            {fmt(busy)}   (inside the server {fmt(busy_inside)})")
 
 
 def browser_grid(url: str, path: Path, runs: int) -> None:
@@ -224,7 +258,8 @@ def main() -> None:
     try:
         for k in (10, 60):
             http_vs_api(path, url, args.queries, k, proc.pid)
-        browser_grid(url, path, args.browser_runs)
+        if args.browser_runs:
+            browser_grid(url, path, args.browser_runs)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,8 @@ from .store import DB_NAME, Catalog
 from .vector_index import VectorIndex
 
 logger = logging.getLogger(__name__)
+
+TEXT_CACHE = 256  # embed_texts calls whose answers a Reader keeps
 
 
 class Reader:
@@ -53,6 +56,9 @@ class Reader:
         self._text_encoder = None  # the light text tower (encoders/textfast.py); False when it does not apply
         self._image_encoder = None  # the light image tower (encoders/imagefast.py); False when it does not apply
         self._model_lock = threading.Lock()
+        self._text_vectors: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # embed_texts' recent answers
+        self._text_lock = threading.Lock()
+        self._logit_scale: tuple[float | None] | None = None
         self._index: VectorIndex | None = None
         self._index_lock = SharedExclusiveLock()
 
@@ -183,14 +189,45 @@ class Reader:
             index = self._index
             if index.ntotal == 0:
                 raise EmptyLibraryError(f"the library at {self.path} has no images; run `clipsearch index DIR`")
-            return execute(query, index, self.catalog, _Sources(self))
+            return execute(query, index, self.catalog, self)
 
     # -- term vectors ---------------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """The texts' vectors. The last TEXT_CACHE calls' answers are kept: a page that asks again with another
+        filter, sort or cut-off (or comes back to a search) does not run the text tower again. The tower is a
+        pure function of its batch and the library's weights, which a Reader never changes, so a kept answer
+        is the one the tower would give, bit for bit (a whole batch is the key: a text's last float bits depend
+        on the batch it was encoded in). Not kept when the caller passed in its own encoder."""
+        key = tuple(texts)
+        if self._injected or not key:
+            return self._encode_texts(list(key))
+        with self._text_lock:
+            kept = self._text_vectors.get(key)
+            if kept is not None:
+                self._text_vectors.move_to_end(key)
+        if kept is None:
+            kept = np.array(self._encode_texts(list(key)), dtype=np.float32)
+            kept.setflags(write=False)
+            with self._text_lock:
+                self._text_vectors[key] = kept
+                while len(self._text_vectors) > TEXT_CACHE:
+                    self._text_vectors.popitem(last=False)
+        return kept.copy()
+
+    def _encode_texts(self, texts: list[str]) -> np.ndarray:
         encoder = self.text_encoder()
         for text in texts:
             _warn_if_truncated(encoder, text)
-        return encoder.embed_texts(list(texts))
+        return encoder.embed_texts(texts)
+
+    def logit_scale(self) -> float | None:
+        """The library's model's logit scale (cutoff.model_logit_scale), read once."""
+        if self._logit_scale is None:
+            from .cutoff import model_logit_scale
+
+            model = self.catalog.get_meta("model")
+            self._logit_scale = (model_logit_scale(model, identity.recorded_weights(self.catalog)),)
+        return self._logit_scale[0]
 
     def stored_vector(self, id_or_path: int | str) -> tuple[np.ndarray, list[bytes]]:
         """An indexed image's stored vector (by embedding id or by path) and the files that are that example:
@@ -259,22 +296,6 @@ class Reader:
             "last_index": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(last))) if last else None,
             "seq": int(meta.get("seq", 0)),
         }
-
-
-class _Sources:
-    """search.Sources for one reader."""
-
-    def __init__(self, reader: Reader):
-        self.reader = reader
-
-    def embed_texts(self, texts):
-        return self.reader.embed_texts(texts)
-
-    def embed_image_file(self, path):
-        return self.reader.embed_image_file(path)
-
-    def stored_vector(self, id_or_path):
-        return self.reader.stored_vector(id_or_path)
 
 
 def _load_light_image_encoder(catalog: Catalog, path: Path, model_name: str):

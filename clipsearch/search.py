@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .cutoff import Standing, min_gap, model_logit_scale
+from .cutoff import Standing, min_gap
 from .errors import ConfigError, IntegrityError
 from .filters import check_filters, local_iso, wall_clock_iso
 from .query import Filters, Query, apply_template
@@ -72,6 +72,9 @@ class Sources(Protocol):
 
     def stored_vector(self, id_or_path: int | str) -> tuple[np.ndarray, list[bytes]]:
         """An indexed image's stored vector and the live paths that share it."""
+
+    def logit_scale(self) -> float | None:
+        """The library's model's logit scale (cutoff.model_logit_scale), for cutoff="auto"."""
 
 
 @dataclass
@@ -140,12 +143,7 @@ def execute(query: Query, index: VectorIndex, catalog: Catalog, sources: Sources
     p = plan(query, sources)
     exclude = frozenset() if query.include_self else p.examples
     cutoff = effective_cutoff(query)
-    if cutoff == "auto":
-        from .identity import recorded_weights
-
-        logit_scale = model_logit_scale(catalog.get_meta("model"), recorded_weights(catalog))
-    else:
-        logit_scale = None
+    logit_scale = sources.logit_scale() if cutoff == "auto" else None
     return rank(index, catalog, p.vector, query.k, exclude_paths=exclude, min_score=query.min_score,
                 filters=filters, cutoff=cutoff, sort=query.sort, logit_scale=logit_scale)
 

@@ -115,3 +115,36 @@ def test_weighted_terms_are_the_normalised_sum_of_unit_vectors(tmp_path, tiny_mo
             assert r.score == pytest.approx(float(vectors[r.path] @ q), abs=1e-5)
         assert np.allclose([r.score for r in res], sorted((float(v @ q) for v in vectors.values()), reverse=True),
                            atol=1e-5)
+
+
+def test_recent_texts_are_not_encoded_again_and_keep_their_vectors(tmp_path, tiny_model, monkeypatch):
+    from clipsearch import reader as reader_module
+
+    lib = tmp_path / "lib"
+    run_cli("index", str(_folder(tmp_path / "p", 0, 4)), "--library", str(lib), "--model", tiny_model, "-q",
+            check=True)
+    monkeypatch.setattr(reader_module, "TEXT_CACHE", 2)
+    with Reader.open(lib) as reader:
+        tower = reader.text_encoder()
+        alone = tower.embed_texts(["a red circle"])
+        batch = tower.embed_texts(["at night", "a red circle"])
+        calls = []
+        real = tower.embed_texts
+        monkeypatch.setattr(tower, "embed_texts", lambda texts: calls.append(list(texts)) or real(texts))
+
+        first = reader.search(Query.text("a red circle", k=4, cutoff="none"))
+        again = reader.search(Query.text("a red circle", k=4, cutoff="none", sort="path"))
+        assert calls == [["a red circle"]]  # the second search reused the vector
+        assert sorted((r.path, r.score) for r in again) == sorted((r.path, r.score) for r in first)
+        # answers are the tower's, bit for bit, for that very call (a batch is its own key)
+        assert np.array_equal(reader.embed_texts(["a red circle"]), alone)
+        assert np.array_equal(reader.embed_texts(["at night", "a red circle"]), batch)
+        assert calls[1:] == [["at night", "a red circle"]]
+        assert np.array_equal(reader.embed_texts(["at night", "a red circle"]), batch) and len(calls) == 2
+        # beyond TEXT_CACHE answers, the least recently used goes
+        reader.embed_texts(["a probe"])  # drops ["a red circle"] (the batch was used after it)
+        reader.embed_texts(["a red circle"])
+        assert calls[2:] == [["a probe"], ["a red circle"]]
+        mine = reader.embed_texts(["a red circle"])
+        mine[0, 0] += 1.0  # the caller's array is its own: what is kept stays the tower's answer
+        assert np.array_equal(reader.embed_texts(["a red circle"]), alone) and len(calls) == 4
