@@ -131,9 +131,8 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
-def _texts(n_queries: int, salt: str = "") -> list[str]:
-    return [QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) and not salt else f" {salt}{i}")
-            for i in range(n_queries)]
+def _texts(n_queries: int, salt: str) -> list[str]:
+    return [f"{QUERIES[i % len(QUERIES)]} {salt}{i}" for i in range(n_queries)]
 
 
 def _settle() -> None:
@@ -145,7 +144,7 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
 
     from clipsearch import Query, Reader
 
-    texts = _texts(n_queries)
+    texts = _texts(n_queries, f"k{k} ")  # new to the server's Reader, which keeps recent texts' vectors
     api, api_cpu, answers = [], [], []
     with Reader.open(path) as reader:
         for warm in ("warm up", "a second warm up"):
@@ -159,14 +158,14 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
             answers.append([x.embedding_id for x in res])
     _settle()
 
-    def over_http(client, texts):
+    def over_http(client, texts, **extra):
         wall, inside, cpu = [], [], []
         for warm in ("warm up", "a second warm up"):
             client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
         for text in texts:
             s0 = cpu_ns(server_pid)
             t0 = time.perf_counter()
-            r = client.get("/api/search", params={"q": text, "limit": k})
+            r = client.get("/api/search", params={"q": text, "limit": k, **extra})
             wall.append(time.perf_counter() - t0)
             cpu.append((cpu_ns(server_pid) - s0) / 1e9)
             r.raise_for_status()
@@ -180,10 +179,13 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
         assert got == answers, "the server and the Python API ranked differently"  # the same answer
         http, inside, server_cpu = over_http.figures
         _settle()
+        list(over_http(client, texts, sort="path"))  # the page asking again with another sort: a text seen before
+        again, again_inside, _ = over_http.figures
+        _settle()
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             time.sleep(0.5)
-            list(over_http(client, _texts(n_queries, "busy ")))
+            list(over_http(client, _texts(n_queries, f"k{k} busy ")))
             busy, busy_inside, _ = over_http.figures
         finally:
             hog.kill()
@@ -196,6 +198,8 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
     print(f"    (HTTP minus API, p50 minus p50)     {1000 * (pct(http, 0.5) - pct(api, 0.5)):7.1f} ms")
     print(f"    CPU time, API search (its thread)   {fmt(api_cpu)}")
     print(f"    CPU time, server per HTTP request   {fmt(server_cpu)}   (all its threads)")
+    print(f"    HTTP, the same texts again, sorted  {fmt(again)}   (inside the server {fmt(again_inside)}; "
+          f"their vectors kept by the Reader)")
     print(f"    HTTP, one core kept busy            {fmt(busy)}   (inside the server {fmt(busy_inside)})")
 
 

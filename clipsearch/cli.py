@@ -491,20 +491,44 @@ def main() -> None:
     except ClipSearchError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
+    for line in _unknown_settings(config_path(dict(os.environ))):
+        click.echo(f"Warning: {line}", err=True)
     cli(prog_name="clipsearch", default_map=_param_names(default_map))
+
+
+def _aliases(name: str) -> dict[str, str]:
+    """A command's parameter names by every name a config file may use (flag names, dashes or underscores)."""
+    alias: dict[str, str] = {}
+    command = cli.commands.get(name)
+    for p in command.params if command is not None else ():
+        alias[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            alias[opt.lstrip("-").replace("-", "_")] = p.name
+    return alias
 
 
 def _param_names(default_map: dict) -> dict:
     """Config keys may be flag names (`limit`, `batch-size`); click's default_map wants parameter names."""
     out = {}
     for name, values in default_map.items():
-        command = cli.commands.get(name)
-        if command is None:
-            continue
-        alias = {}
-        for p in command.params:
-            alias[p.name] = p.name
-            for opt in getattr(p, "opts", []):
-                alias[opt.lstrip("-").replace("-", "_")] = p.name
-        out[name] = {alias.get(k, k): v for k, v in values.items() if k in alias}
+        if name in cli.commands:
+            alias = _aliases(name)
+            out[name] = {alias[k]: v for k, v in values.items() if k in alias}
     return out
+
+
+def _unknown_settings(path) -> list[str]:
+    """The config file's settings that no command takes (a misspelt `limt` would otherwise be ignored
+    silently): a table's keys its command does not have, top-level keys that no command has."""
+    from .config import read_config
+
+    data = read_config(path)
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            alias = _aliases(key)
+            lines += [f"config file {path}: [{key}] has no setting {k!r}; it is ignored"
+                      for k in value if k.replace("-", "_") not in alias]
+        elif not any(key.replace("-", "_") in _aliases(c) for c in cli.commands):
+            lines.append(f"config file {path}: no command has a setting {key!r}; it is ignored")
+    return lines

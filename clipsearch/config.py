@@ -33,14 +33,19 @@ def config_path(env: dict) -> Path:
     return Path(given) if given else Path(click.get_app_dir("clipsearch")) / "config.toml"
 
 
-def load_default_map(path: Path) -> dict:
-    """click's default_map from a config file; {} when there is none."""
+def read_config(path: Path) -> dict:
+    """The config file's tables and keys as written; {} when there is none."""
     if not path.is_file():
         return {}
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+
+
+def load_default_map(path: Path) -> dict:
+    """click's default_map from a config file; {} when there is none."""
+    data = read_config(path)
     shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
     default_map = {}
     for name in COMMANDS:

@@ -380,3 +380,19 @@ def test_readme_configuration_section_is_true(tmp_path, monkeypatch):
         assert name in section
     envvars = {p.envvar for c in cli.commands.values() for p in c.params if getattr(p, "envvar", None)}
     assert envvars == {"CLIPSEARCH_HOME", "CLIPSEARCH_MODEL", "CLIPSEARCH_DUPLICATES_THRESHOLD"}  # all documented
+
+
+def test_config_settings_no_command_takes_are_named_not_dropped_silently(tmp_path, photos, tiny_model):
+    from conftest import run_cli
+
+    lib = tmp_path / "lib"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'library = "{lib}"\nlibary = "typo"\n[index]\nmodel = "{tiny_model}"\nbatch-size = 3\n'
+                   '[query]\nlimt = 2\nlimit = 3\n')
+    env = {"CLIPSEARCH_CONFIG": str(cfg)}
+    run_cli("index", str(photos), "-q", env=env, check=True)
+    res = run_cli("query", "x", "--json", env=env)
+    assert res.returncode == 0 and len(json.loads(res.stdout)) == 3  # the known settings still apply
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("Warning: config file")]
+    assert warnings == [f"Warning: config file {cfg}: no command has a setting 'libary'; it is ignored",
+                        f"Warning: config file {cfg}: [query] has no setting 'limt'; it is ignored"]
