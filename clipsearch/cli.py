@@ -146,7 +146,29 @@ def open_library(library: str | None, *, model: str | None = None, create: bool,
     return Library.open(library or default_library(), model=model, create=create, **options)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Ctrl-C outside a command's body (while click parses the arguments, in the group's own callback) exits
+    130 like Ctrl-C inside it (handle_errors), not click's "Aborted!" with status 1."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted()
+
+
+def _interrupted():
+    click.echo("\nInterrupted.", err=True)
+    raise click.exceptions.Exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipsearch")
 @click.option("-v", "--verbose", is_flag=True, help="Show what open_clip and huggingface_hub log.")
 def cli(verbose):

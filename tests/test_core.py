@@ -396,3 +396,15 @@ def test_config_settings_no_command_takes_are_named_not_dropped_silently(tmp_pat
     warnings = [line for line in res.stderr.splitlines() if line.startswith("Warning: config file")]
     assert warnings == [f"Warning: config file {cfg}: no command has a setting 'libary'; it is ignored",
                         f"Warning: config file {cfg}: [query] has no setting 'limt'; it is ignored"]
+
+
+def test_ctrl_c_before_a_command_runs_exits_130(monkeypatch):
+    """Ctrl-C while click parses or while the group's callback runs: the same status as inside a command."""
+    import clipsearch.cli as cli_module
+
+    def interrupt(verbose=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "configure_logging", interrupt)
+    res = CliRunner().invoke(cli, ["status"])
+    assert res.exit_code == 130 and "Interrupted." in res.stderr and "Aborted" not in res.stderr
