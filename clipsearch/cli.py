@@ -4,63 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 
 import click
 
+from .cli_logging import configure_logging
 from .encoders import DEFAULT_MODEL
 from .errors import ClipSearchError
 
 MODEL_HELP = ("ARCH:PRETRAINED as open_clip names it (fetched into the Hugging Face cache), ARCH:/path/to/weights, "
               "a checkpoint directory from `clipsearch train`, or `shapes` (the offline demo model). "
               "Only needed when creating a library: a library remembers its model.")
-
-
-class _Stderr(logging.Handler):
-    """Log records as lines on the current stderr: clipsearch's own always (warnings and worse, or with -v
-    everything from INFO); open_clip's, huggingface_hub's and Python warnings only with -v."""
-
-    def __init__(self):
-        super().__init__()
-        self.verbose = False
-        self.addFilter(self._wanted)
-
-    def _wanted(self, record) -> bool:
-        if record.name == "clipsearch" or record.name.startswith("clipsearch."):
-            return True
-        if not self.verbose:
-            return False
-        # huggingface_hub installs a handler of its own (quiet unless -v): its records are not printed twice
-        return not (record.name.startswith("huggingface_hub") and logging.getLogger("huggingface_hub").handlers)
-
-    def emit(self, record):
-        try:
-            text = self.format(record)
-            click.echo(text if record.name.startswith("clipsearch") else f"{record.name}: {text}", err=True)
-        except Exception:
-            self.handleError(record)
-
-
-_LOG = _Stderr()
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """The CLI's logging: one handler on the root logger (so open_clip's module-level logging calls find one
-    and do not install their own), and huggingface_hub's own handler quiet unless -v (HF_HUB_VERBOSITY)."""
-    root = logging.getLogger()
-    if _LOG not in root.handlers:
-        root.addHandler(_LOG)
-    _LOG.verbose = verbose
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.captureWarnings(True)
-    if verbose:
-        os.environ["HF_HUB_VERBOSITY"] = "info"
-    elif os.environ.get("HF_HUB_VERBOSITY") in (None, "", "info"):
-        os.environ["HF_HUB_VERBOSITY"] = "critical"
-    if "huggingface_hub" in sys.modules:  # read at its import: set the level too when it is already loaded
-        logging.getLogger("huggingface_hub").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _verbose(ctx, param, value):
@@ -504,7 +459,7 @@ def main() -> None:
     # made a query 10x slower when another process kept the other core busy (measured); must precede numpy's import
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from . import _crashpoints
-    from .config import config_path, load_default_map
+    from .config import config_path, load_default_map, param_names, unknown_settings
 
     _crashpoints.configure(os.environ)  # test-only crash points; off unless CLIPSEARCH_CRASH_* is set
 
@@ -513,44 +468,6 @@ def main() -> None:
     except ClipSearchError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
-    for line in _unknown_settings(config_path(dict(os.environ))):
+    for line in unknown_settings(cli, config_path(dict(os.environ))):
         click.echo(f"Warning: {line}", err=True)
-    cli(prog_name="clipsearch", default_map=_param_names(default_map))
-
-
-def _aliases(name: str) -> dict[str, str]:
-    """A command's parameter names by every name a config file may use (flag names, dashes or underscores)."""
-    alias: dict[str, str] = {}
-    command = cli.commands.get(name)
-    for p in command.params if command is not None else ():
-        alias[p.name] = p.name
-        for opt in getattr(p, "opts", []):
-            alias[opt.lstrip("-").replace("-", "_")] = p.name
-    return alias
-
-
-def _param_names(default_map: dict) -> dict:
-    """Config keys may be flag names (`limit`, `batch-size`); click's default_map wants parameter names."""
-    out = {}
-    for name, values in default_map.items():
-        if name in cli.commands:
-            alias = _aliases(name)
-            out[name] = {alias[k]: v for k, v in values.items() if k in alias}
-    return out
-
-
-def _unknown_settings(path) -> list[str]:
-    """The config file's settings that no command takes (a misspelt `limt` would otherwise be ignored
-    silently): a table's keys its command does not have, top-level keys that no command has."""
-    from .config import read_config
-
-    data = read_config(path)
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            alias = _aliases(key)
-            lines += [f"config file {path}: [{key}] has no setting {k!r}; it is ignored"
-                      for k in value if k.replace("-", "_") not in alias]
-        elif not any(key.replace("-", "_") in _aliases(c) for c in cli.commands):
-            lines.append(f"config file {path}: no command has a setting {key!r}; it is ignored")
-    return lines
+    cli(prog_name="clipsearch", default_map=param_names(cli, default_map))

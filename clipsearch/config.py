@@ -57,3 +57,39 @@ def load_default_map(path: Path) -> dict:
     if unknown:
         raise ConfigError(f"config file {path}: unknown section(s) {', '.join(unknown)}")
     return default_map
+
+
+def _aliases(group, name: str) -> dict[str, str]:
+    """A command's parameter names by every name a config file may use (flag names, dashes or underscores)."""
+    alias: dict[str, str] = {}
+    command = group.commands.get(name)
+    for p in command.params if command is not None else ():
+        alias[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            alias[opt.lstrip("-").replace("-", "_")] = p.name
+    return alias
+
+
+def param_names(group, default_map: dict) -> dict:
+    """Config keys may be flag names (`limit`, `batch-size`); click's default_map wants the parameter names of
+    the commands of `group` (the click group)."""
+    out = {}
+    for name, values in default_map.items():
+        if name in group.commands:
+            alias = _aliases(group, name)
+            out[name] = {alias[k]: v for k, v in values.items() if k in alias}
+    return out
+
+
+def unknown_settings(group, path: Path) -> list[str]:
+    """The config file's settings that no command of `group` takes (a misspelt `limt` would otherwise be
+    ignored silently): a table's keys its command does not have, top-level keys that no command has."""
+    lines = []
+    for key, value in read_config(path).items():
+        if isinstance(value, dict):
+            alias = _aliases(group, key)
+            lines += [f"config file {path}: [{key}] has no setting {k!r}; it is ignored"
+                      for k in value if k.replace("-", "_") not in alias]
+        elif not any(key.replace("-", "_") in _aliases(group, c) for c in group.commands):
+            lines.append(f"config file {path}: no command has a setting {key!r}; it is ignored")
+    return lines

@@ -316,8 +316,7 @@ def test_query_opens_while_a_writer_holds_a_transaction(lib, photos):
 def test_config_file_precedence(tmp_path, photos, tiny_model):
     """flag > CLIPSEARCH_* environment > config file > default."""
     from conftest import run_cli
-    from clipsearch.cli import _param_names
-    from clipsearch.config import load_default_map
+    from clipsearch.config import load_default_map, param_names
 
     lib_a, lib_b, lib_c = (str(tmp_path / n) for n in ("a", "b", "c"))
     cfg = tmp_path / "config.toml"
@@ -330,7 +329,7 @@ def test_config_file_precedence(tmp_path, photos, tiny_model):
     assert len(json.loads(run_cli("query", "x", "--json", env=env, check=True).stdout)) == 2
 
     runner = CliRunner()
-    defaults = _param_names(load_default_map(cfg))
+    defaults = param_names(cli, load_default_map(cfg))
     res = runner.invoke(cli, ["query", "x", "--json", "-k", "4"], default_map=defaults)
     assert len(json.loads(res.stdout)) == 4
     # the environment beats the file, the flag beats the environment
@@ -358,15 +357,14 @@ def test_readme_configuration_section_is_true(tmp_path, monkeypatch):
 
     import click
 
-    from clipsearch.cli import _param_names
-    from clipsearch.config import config_path, load_default_map
+    from clipsearch.config import config_path, load_default_map, param_names
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("### Configuration"):]
     example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     cfg = tmp_path / "config.toml"
     cfg.write_text(example)
-    defaults = _param_names(load_default_map(cfg))
+    defaults = param_names(cli, load_default_map(cfg))
     assert defaults["index"] == {"library": "~/my-library", "model": "ViT-B-32:laion2b_s34b_b79k", "batch_size": 64,
                                  "workers": 2}
     assert defaults["query"] == {"library": "~/my-library", "k": 20}

@@ -369,7 +369,7 @@ def test_cli_logging_lets_other_libraries_through_only_when_verbose():
     and Python warnings only with -v."""
     code = (
         "import logging, sys, warnings\n"
-        "from clipsearch.cli import configure_logging\n"
+        "from clipsearch.cli_logging import configure_logging\n"
         "configure_logging(sys.argv[1] == 'verbose')\n"
         "import huggingface_hub.file_download  # as a download does: its own handler on 'huggingface_hub'\n"
         "logging.warning('open_clip style warning')\n"
