@@ -45,7 +45,7 @@ def _progress(quiet: bool):
               help="Cosine at or above which two images are candidates for 'same picture' (default: the model's "
                    "calibrated value, 0.99 for the demo model, 0.95 otherwise; config key [duplicates] threshold).")
 @click.option("--pixel-threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Largest pixel distance (0-1) of one picture re-encoded, resized or lightly cropped (default 0.04).")
+              help="Largest pixel distance (0-1) of one picture re-encoded, resized or lightly cropped (default 0.049).")
 @click.option("--similar", is_flag=True, help="Also list groups of similar images (bursts, the same scene).")
 @click.option("--similar-threshold", type=click.FloatRange(-1.0, 1.0), default=None,
               help="Cosine at or above which images are 'similar' (with --similar).")

@@ -166,3 +166,27 @@ def test_neighbour_pairs_exact_and_ivf_agree_with_brute_force(monkeypatch):
     assert got <= want and len(got) >= 0.98 * len(want)
     assert len(got) == len(i)  # each pair once
     assert calls == [(1000, 3000), (2000, 3000), (3000, 3000)]
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)])
+def test_a_five_percent_crop_is_registered_at_its_scale_and_place(corner):
+    """The registration finds a 5 % crop wherever it was cut: its box is the crop's (to 1.5 pixels of the working
+    copy), and the distance at it is within the threshold. (A search that scored the coarse grid by the
+    percentile settled on no crop at all, 0.063 away, and a re-encoded crop fell out of its group.)"""
+    from PIL import Image
+
+    from clipsearch.training import shapes
+
+    scene = {"background": "white", "objects": [{"shape": "circle", "color": "blue", "size": "large", "cell": [0, 2],
+                                                  "r": 33.0, "dx": 4.0, "dy": 0.0, "jitter": [0, 0, 0]}]}
+    orig = Image.fromarray(shapes.render_array(scene))
+    w, h = orig.size
+    cw, ch = round(0.05 * w), round(0.05 * h)
+    x0, y0 = round(corner[0] * cw), round(corner[1] * ch)
+    crop = orig.crop((x0, y0, x0 + w - cw, y0 + h - ch))
+    d, (big, small, box) = picture.registered(picture.from_image(orig), picture.from_image(crop))
+    scale = picture.BASE / w  # working-copy pixels per original pixel
+    want = (x0 * scale, y0 * scale, (x0 + w - cw) * scale, (y0 + h - ch) * scale)
+    assert big.image.size == (picture.BASE, picture.BASE)  # the original is the one cropped
+    assert np.allclose(box, want, atol=1.5), (box, want)
+    assert d <= picture.PIXEL_THRESHOLD

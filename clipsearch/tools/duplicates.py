@@ -213,12 +213,20 @@ def collapse(results: Sequence, reader, *, threshold: float | None = None,
             continue
         vec, files = found
         pictures.paths[eid] = files
-        home = next((g for g in members if any(same_picture(eid, vec, o, v) for o, v in g)), None)
-        if home is not None:
-            home.append((eid, vec))  # its group's best-ranked result stands for it
+        homes = [n for n, g in enumerate(members) if g and any(same_picture(eid, vec, o, v) for o, v in g)]
+        if homes:
+            # its first group's best-ranked result stands for it; groups it joins (a copy that matches both
+            # an earlier crop and an earlier re-encoding the two did not match each other) become one
+            home = members[homes[0]]
+            home.append((eid, vec))
+            for n in homes[1:]:
+                home.extend(members[n])
+                members[n] = []
+                kept[n] = None
             continue
         kept.append(r)
         members.append([(eid, vec)])
+    kept = [r for r in kept if r is not None]
     out = []
     for i, r in enumerate(kept):
         try:
