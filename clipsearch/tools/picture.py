@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import imaging
 
-BASE = 144  # long side of the working copy, pixels
+BASE = 288  # long side of the working copy, pixels
 SIDE = 72  # both images are compared at SIDE x SIDE
 BLUR = 1.5  # Gaussian radius at SIDE, pixels
 PERCENTILE = 99.8
@@ -34,6 +34,7 @@ REFINE_ROUNDS = 5
 FINAL_ROUNDS = 3
 MAX_CROP = 0.06  # a "light crop": up to 6 % off each dimension
 MAX_ASPECT_CHANGE = 0.10  # pictures whose aspect ratios differ more are different pictures
+MAX_RESIZE_ASPECT_CHANGE = 0.02  # a resize keeps the aspect ratio but for rounding to whole pixels
 MAX_MEAN_SHIFT = 0.15  # a light crop moves the mean colour less (6 % of the frame); more: another picture
 PIXEL_THRESHOLD = 0.049  # the default distance at or below which two images are the same picture (benchmarks/duplicates.py)
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -41,13 +42,17 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 @dataclass
 class Picture:
-    image: object  # PIL RGB, BASE on its long side, blurred (Gaussian, BLUR at SIDE scale)
-    aspect: float  # width / height as decoded (EXIF orientation applied)
+    image: object  # PIL RGB, BASE on its long side
+    size: tuple[int, int]  # width and height as decoded (EXIF orientation applied), pixels
     _whole: np.ndarray | None = None
 
     @property
+    def aspect(self) -> float:
+        return self.size[0] / self.size[1]
+
+    @property
     def whole(self) -> np.ndarray:
-        """The whole picture at SIDE x SIDE (computed once)."""
+        """The whole picture at SIDE x SIDE, blurred (computed once)."""
         if self._whole is None:
             self._whole = _array(self.image)
         return self._whole
@@ -77,20 +82,20 @@ def from_image(img) -> Picture:
 
 
 def _working_copy(img) -> Picture:
-    """Shrunk to BASE on its long side and blurred once, at that scale, as much as BLUR is at SIDE: each
-    registration below only resamples a box of it (blurring every resampled copy cost 5x as much)."""
-    from PIL import Image, ImageFilter
+    from PIL import Image
 
     w, h = img.size
     scale = BASE / max(w, h)
-    small = img.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.BOX)
-    return Picture(small.filter(ImageFilter.GaussianBlur(BLUR * BASE / SIDE)), w / h)
+    return Picture(img.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.BOX), (w, h))
 
 
 def _array(img, box=None) -> np.ndarray:
-    from PIL import Image
+    """A box of a working copy resampled to SIDE x SIDE, then blurred (blurring after resampling gives a crop
+    and its original the same blur at SIDE, whatever share of the frame the crop keeps)."""
+    from PIL import Image, ImageFilter
 
-    return np.asarray(img.resize((SIDE, SIDE), Image.BOX, box=box), dtype=np.float32) * np.float32(1 / 255)
+    small = img.resize((SIDE, SIDE), Image.BOX, box=box).filter(ImageFilter.GaussianBlur(BLUR))
+    return np.asarray(small, dtype=np.float32) * np.float32(1 / 255)
 
 
 _RANK = int(round((SIDE - 2 * MARGIN) ** 2 * PERCENTILE / 100)) - 1
@@ -103,10 +108,22 @@ def _score(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.partition(d, _RANK)[_RANK])
 
 
-def _crop_box(img, s: float, fx: float, fy: float) -> tuple[float, float, float, float]:
+def _crop_box(img, sx: float, sy: float, fx: float, fy: float) -> tuple[float, float, float, float]:
+    """The box of `img` that keeps sx, sy of its width and height, placed at fx, fy (0 = left/top edge, 1 = right/bottom)."""
     w, h = img.size
-    x0, y0 = (1 - s) * w * fx, (1 - s) * h * fy
-    return (x0, y0, x0 + s * w, y0 + s * h)
+    x0, y0 = (1 - sx) * w * fx, (1 - sy) * h * fy
+    return (x0, y0, x0 + sx * w, y0 + sy * h)
+
+
+def crop_scales(big: Picture, small: Picture) -> tuple[float, float] | None:
+    """The share of big's width and height that `small` keeps, if `small` can be a light crop of it: a crop
+    removes pixels and keeps their scale, so the two sizes fix it (each side at least 1 - MAX_CROP of big's,
+    one side at least shorter)."""
+    (wb, hb), (ws, hs) = big.size, small.size
+    sx, sy = ws / wb, hs / hb
+    if (ws, hs) == (wb, hb) or not (1 - MAX_CROP <= sx <= 1 and 1 - MAX_CROP <= sy <= 1):
+        return None
+    return sx, sy
 
 
 def distance(a: Picture, b: Picture, *, give_up_above: float | None = None) -> float:
@@ -114,69 +131,79 @@ def distance(a: Picture, b: Picture, *, give_up_above: float | None = None) -> f
 
 
 def registered(a: Picture, b: Picture, *, give_up_above: float | None = None):
-    """How different two pictures are at their best light-crop registration (0 = identical); inf when
-    their shapes are too different to be one picture. When the coarse registration is already worse than
-    `give_up_above`, that value is returned without refining (a pair that is surely not the same picture).
+    """How different two pictures are (0 = identical), and the registration that says so: (big, small, box of
+    big that small is); inf when their shapes are too different to be one picture.
 
-    The registration is found by the mean difference (smooth in the crop's scale and place, so a local
-    search converges; the percentile below is flat almost everywhere and stopped a search 5 % short of a
-    5 % crop); the distance is then the PERCENTILE-th percentile at that registration, away from a
-    MARGIN-pixel border (where blurring a crop and cropping a blurred picture differ)."""
+    Two hypotheses, each with the pixels' scale kept: frame to frame (a copy re-encoded, converted, resized
+    as a whole, or rotated back by its EXIF orientation), and, when one picture's size is a light crop of the
+    other's, that crop, placed anywhere. A light crop that was then also resized is not recognised: allowing
+    it (any scale from 94 % to 100 %) made two renders of one caption whose objects differ a little in size
+    and place indistinguishable from a crop of one another.
+
+    The crop's place is searched by the mean difference (smooth in the place, so a local search converges;
+    the percentile is flat almost everywhere), then polished on the distance itself: the PERCENTILE-th
+    percentile of the per-pixel largest channel difference, away from a MARGIN-pixel border (where blurring
+    a crop and cropping a blurred picture differ). When the coarse placement is already worse than
+    `give_up_above`, that value is returned without refining (a pair that is surely not the same picture)."""
     if abs(np.log(a.aspect / b.aspect)) > MAX_ASPECT_CHANGE:
         return float("inf"), None
     shift = float(np.abs(a.whole.mean(axis=(0, 1)) - b.whole.mean(axis=(0, 1))).max())
     if shift > MAX_MEAN_SHIFT:
         return max(shift, 2 * MAX_MEAN_SHIFT), None  # surely different, found without registering
+    best: tuple[float, tuple | None] = (float("inf"), None)
+    if abs(np.log(a.aspect / b.aspect)) <= MAX_RESIZE_ASPECT_CHANGE:
+        best = (_score(a.whole, b.whole), (a, b, (0.0, 0.0) + tuple(map(float, a.image.size))))
+    for big, small in ((a, b), (b, a)):
+        scales = crop_scales(big, small)
+        if scales is not None:
+            found = _crop_distance(big, small, scales, give_up_above)
+            if found[0] < best[0]:
+                best = found
+    return best
 
-    def mean_diff(big, box, target) -> float:
+
+def _crop_distance(big: Picture, small: Picture, scales: tuple[float, float], give_up_above: float | None):
+    sx, sy = scales
+    target = small.whole
+
+    def mean_diff(box) -> float:
         return float(np.abs(_array(big.image, box) - target).mean())
 
-    best = (float("inf"), 1.0, 0.5, 0.5, a, b)
     steps = np.linspace(0.0, 1.0, COARSE_STEPS)
-    for big, small in ((a, b), (b, a)):  # `small` is (maybe) a crop of `big`
-        target = small.whole
-        for s in np.linspace(1.0, 1 - MAX_CROP, COARSE_STEPS):
-            for fx in ((0.5,) if s == 1.0 else steps):
-                for fy in ((0.5,) if s == 1.0 else steps):
-                    v = mean_diff(big, _crop_box(big.image, s, fx, fy), target)
-                    if v < best[0]:
-                        best = (v, float(s), float(fx), float(fy), big, small)
-    v, s, fx, fy, big, small = best
-    target = small.whole
+    v, fx, fy = min((mean_diff(_crop_box(big.image, sx, sy, x, y)), float(x), float(y)) for x in steps for y in steps)
     if give_up_above is not None:
-        coarse = _score(_array(big.image, _crop_box(big.image, s, fx, fy)), target)
+        coarse = _score(_array(big.image, _crop_box(big.image, sx, sy, fx, fy)), target)
         if coarse > give_up_above:
             return coarse, None
-    ds, df = MAX_CROP / (COARSE_STEPS - 1), 1.0 / (COARSE_STEPS - 1)
-    v, (s, fx, fy) = _local_search(lambda box: mean_diff(big, box, target), big.image, (s, fx, fy), v,
-                                   ds / 2, df / 2, REFINE_ROUNDS)
+    step = 1.0 / (COARSE_STEPS - 1)
+    v, (fx, fy) = _local_search(lambda x, y: mean_diff(_crop_box(big.image, sx, sy, x, y)), (fx, fy), v, step / 2,
+                                REFINE_ROUNDS)
     # the last steps on the distance itself: the mean difference's best and the percentile's lie apart by a
     # fraction of a pixel, which costs a high-contrast edge a few levels
-    ds, df = ds / 2 ** (REFINE_ROUNDS - 2), df / 2 ** (REFINE_ROUNDS - 2)
-    v, (s, fx, fy) = _local_search(lambda box: _score(_array(big.image, box), target), big.image, (s, fx, fy),
-                                   _score(_array(big.image, _crop_box(big.image, min(s, 1.0), fx, fy)), target),
-                                   ds, df, FINAL_ROUNDS)
-    return v, (big, small, _crop_box(big.image, min(s, 1.0), fx, fy))
+    step /= 2 ** (REFINE_ROUNDS - 2)
+
+    def score(x, y) -> float:
+        return _score(_array(big.image, _crop_box(big.image, sx, sy, x, y)), target)
+
+    v, (fx, fy) = _local_search(score, (fx, fy), score(fx, fy), step, FINAL_ROUNDS)
+    return v, (big, small, _crop_box(big.image, sx, sy, fx, fy))
 
 
-def _local_search(objective, img, start: tuple[float, float, float], value: float, ds: float, df: float,
-                  rounds: int) -> tuple[float, tuple[float, float, float]]:
-    """Pattern search of a crop (scale s, place fx, fy) around `start`, halving the steps each round."""
-    s, fx, fy = start
+def _local_search(objective, start: tuple[float, float], value: float, step: float,
+                  rounds: int) -> tuple[float, tuple[float, float]]:
+    """Pattern search of a crop's place (fx, fy in 0-1) around `start`, halving the step each round."""
+    fx, fy = start
     for _ in range(rounds):
-        centre = (s, fx, fy)
-        for s2 in (centre[0] - ds, centre[0], centre[0] + ds):
-            if not 1 - MAX_CROP - 1e-9 <= s2 <= 1 + 1e-9:
-                continue
-            for fx2 in (centre[1] - df, centre[1], centre[1] + df):
-                for fy2 in (centre[2] - df, centre[2], centre[2] + df):
-                    if not (0 <= fx2 <= 1 and 0 <= fy2 <= 1) or (s2, fx2, fy2) == centre:
-                        continue
-                    v2 = objective(_crop_box(img, min(s2, 1.0), fx2, fy2))
-                    if v2 < value:
-                        value, s, fx, fy = v2, s2, fx2, fy2
-        ds, df = ds / 2, df / 2
-    return value, (s, fx, fy)
+        centre = (fx, fy)
+        for x in (centre[0] - step, centre[0], centre[0] + step):
+            for y in (centre[1] - step, centre[1], centre[1] + step):
+                if not (0 <= x <= 1 and 0 <= y <= 1) or (x, y) == centre:
+                    continue
+                v2 = objective(x, y)
+                if v2 < value:
+                    value, fx, fy = v2, x, y
+        step /= 2
+    return value, (fx, fy)
 
 
 class PictureCache:
