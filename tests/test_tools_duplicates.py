@@ -190,3 +190,28 @@ def test_a_five_percent_crop_is_registered_at_its_scale_and_place(corner):
     assert big.image.size == (picture.BASE, picture.BASE)  # the original is the one cropped
     assert np.allclose(box, want, atol=1.5), (box, want)
     assert d <= picture.PIXEL_THRESHOLD
+
+
+def test_one_close_pair_does_not_chain_two_pictures_into_one_group(tmp_path):
+    """Seed 5151's 18th same-caption pair (benchmarks/duplicates.py): a small brown cross whose two renders are,
+    to a pixel, a light crop of one another; a 5 % crop of one lies within the threshold of the other, while
+    the renders themselves, frame to frame, do not. One such pair must not make the two pictures one group."""
+    bench = _bench()
+    pairs, _ = bench.same_caption_pairs(18, seed=5151)
+    rng = np.random.default_rng(7)
+    for _ in range(2 * 17):  # the crop places the benchmark drew for the pairs before this one
+        rng.integers(0, 12), rng.integers(0, 12)
+    truth = {}
+    for side, (scene, data) in zip("ab", pairs[17]):
+        fmt = scene["file"].rsplit(".", 1)[1]
+        (tmp_path / f"{side}_orig.{fmt}").write_bytes(data)
+        truth[f"{side}_orig.{fmt}"] = side
+        for kind, (b, ext) in bench.copies(data, fmt, rng).items():
+            (tmp_path / f"{side}_{kind}.{ext}").write_bytes(b)
+            truth[f"{side}_{kind}.{ext}"] = side
+    with Library.open(tmp_path / "lib", model="shapes") as lib:
+        lib.index([tmp_path])
+        groups = find_duplicates(lib.reader)
+    sides = sorted(sorted({truth[os.path.basename(p)] for p in g.paths}) for g in groups)
+    assert sides == [["a"], ["b"]]  # and each picture's copies all in its group:
+    assert sorted(g.size for g in groups) == [8, 8]

@@ -32,6 +32,8 @@ DEFAULT_THRESHOLDS = {"shapes": 0.99}
 DEFAULT_THRESHOLD = 0.95  # any other model; ViT-B-32 figures in the README are for random weights: set your own
 DEFAULT_SIMILAR_THRESHOLD = {"shapes": 0.98}
 DEFAULT_SIMILAR = 0.90
+LINK_MEMBERS = 3  # members of each group compared before two groups become one (_groups_agree)
+LINK_SLACK = 1.25
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -86,6 +88,16 @@ class _Sets:
         return out
 
 
+def _groups_agree(a: list[int], b: list[int], distance: Callable[[int, int], float], threshold: float) -> bool:
+    """Whether two groups, each one picture, are one picture together: the median pixel distance between their
+    first members is within LINK_SLACK of the threshold. One close pair is not enough: a light crop of one
+    render can lie within the threshold of another render of the same caption while the two renders, frame
+    to frame, do not, and one such pair would chain both groups into one."""
+    if len(a) == 1 and len(b) == 1:
+        return True  # the pair itself has been checked
+    return float(np.median([distance(x, y) for x in a for y in b])) <= LINK_SLACK * threshold
+
+
 def find_duplicates(reader, *, threshold: float | None = None, similar: bool = False,
                     similar_threshold: float | None = None, pixel_threshold: float = picture.PIXEL_THRESHOLD,
                     verify: bool = True, on_progress: ProgressCallback | None = None) -> list[Group]:
@@ -118,6 +130,17 @@ def find_duplicates(reader, *, threshold: float | None = None, similar: bool = F
     candidates = np.flatnonzero(ps >= threshold)
     pictures = picture.PictureCache(paths, max_pixels=getattr(reader, "max_pixels", None) or 10**8) if verify else None
     not_same = np.ones(len(pi), dtype=bool)
+    sample: dict[int, list[int]] = {}  # group root -> its first LINK_MEMBERS members (positions)
+    distances: dict[tuple[int, int], float] = {}
+
+    def pixel_distance(a: int, b: int) -> float:
+        key = (min(a, b), max(a, b))
+        if key not in distances:
+            pa, pb = pictures.get(int(ids[a])), pictures.get(int(ids[b]))
+            distances[key] = (float("inf") if pa is None or pb is None
+                              else picture.distance(pa, pb, give_up_above=3 * pixel_threshold))
+        return distances[key]
+
     for n, k in enumerate(candidates[np.argsort(-ps[candidates], kind="stable")]):
         a, b = int(pi[k]), int(pj[k])
         if int(ids[a]) not in paths or int(ids[b]) not in paths:
@@ -127,21 +150,20 @@ def find_duplicates(reader, *, threshold: float | None = None, similar: bool = F
             progress("checking", n + 1, len(candidates))
             continue  # joined through other pairs already
         d = None
+        ra, rb = same.find(a), same.find(b)
         if verify:
-            pa, pb = pictures.get(int(ids[a])), pictures.get(int(ids[b]))
-            if pa is None or pb is None:
-                progress("checking", n + 1, len(candidates))
-                continue  # cannot be confirmed now (a file offline or unreadable): not called the same picture
-            d = picture.distance(pa, pb, give_up_above=3 * pixel_threshold)
-            if d > pixel_threshold:
+            # inf when a file cannot be read now (offline, unreadable): not called the same picture
+            d = pixel_distance(a, b)
+            if d > pixel_threshold or not _groups_agree(sample.get(ra, [a]), sample.get(rb, [b]), pixel_distance,
+                                                        pixel_threshold):
                 progress("checking", n + 1, len(candidates))
                 continue
         not_same[k] = False
-        ra, rb = same.find(a), same.find(b)
         score = min(float(ps[k]), same_score.get(ra, 1.0), same_score.get(rb, 1.0))
         dist = max([x for x in (d, same_dist.get(ra), same_dist.get(rb)) if x is not None], default=None)
         same.union(a, b)
         r = same.find(a)
+        sample[r] = (sample.get(ra, [a]) + sample.get(rb, [b]))[:LINK_MEMBERS]
         same_score[r] = score
         if dist is not None:
             same_dist[r] = dist
