@@ -195,7 +195,8 @@ def test_a_five_percent_crop_is_registered_at_its_scale_and_place(corner):
 def test_one_close_pair_does_not_chain_two_pictures_into_one_group(tmp_path):
     """Seed 5151's 18th same-caption pair (benchmarks/duplicates.py): a small brown cross whose two renders are,
     to a pixel, a light crop of one another; a 5 % crop of one lies within the threshold of the other, while
-    the renders themselves, frame to frame, do not. One such pair must not make the two pictures one group."""
+    the renders themselves, frame to frame, do not. One such pair must not make the two pictures one group
+    (nor one collapsed result)."""
     bench = _bench()
     pairs, _ = bench.same_caption_pairs(18, seed=5151)
     rng = np.random.default_rng(7)
@@ -212,6 +213,8 @@ def test_one_close_pair_does_not_chain_two_pictures_into_one_group(tmp_path):
     with Library.open(tmp_path / "lib", model="shapes") as lib:
         lib.index([tmp_path])
         groups = find_duplicates(lib.reader)
+        collapsed = collapse(lib.search(pairs[17][0][0]["caption"], k=len(truth)), lib.reader)
+    assert sorted(truth[os.path.basename(r.path)] for r in collapsed) == ["a", "b"]
     sides = sorted(sorted({truth[os.path.basename(p)] for p in g.paths}) for g in groups)
     assert sides == [["a"], ["b"]]  # and each picture's copies all in its group:
     assert sorted(g.size for g in groups) == [8, 8]

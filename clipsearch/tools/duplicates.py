@@ -210,18 +210,29 @@ def collapse(results: Sequence, reader, *, threshold: float | None = None,
     catalog = reader.catalog
     threshold = default_threshold(catalog.get_meta("model")) if threshold is None else float(threshold)
     kept: list = []
-    members: list[list[tuple[int, np.ndarray]]] = []  # per kept result: every content folded into it so far
+    members: list[list[int]] = []  # per kept result: every content (embedding id) folded into it so far
     seen_ids: set[int] = set()
     pictures = picture.PictureCache({}, max_pixels=getattr(reader, "max_pixels", None) or 10**8)
 
-    def same_picture(eid: int, vec: np.ndarray, other: int, v: np.ndarray) -> bool:
-        if float(v @ vec) < threshold:
-            return False
-        if not verify:
-            return True
-        pa, pb = pictures.get(eid), pictures.get(other)
-        return (pa is not None and pb is not None
-                and picture.distance(pa, pb, give_up_above=3 * pixel_threshold) <= pixel_threshold)
+    distances: dict[tuple[int, int], float] = {}
+    vectors: dict[int, np.ndarray] = {}
+
+    def pixel_distance(a: int, b: int) -> float:
+        key = (min(a, b), max(a, b))
+        if key not in distances:
+            pa, pb = pictures.get(a), pictures.get(b)
+            distances[key] = (float("inf") if pa is None or pb is None
+                              else picture.distance(pa, pb, give_up_above=3 * pixel_threshold))
+        return distances[key]
+
+    def joins(eid: int, group: list[int]) -> bool:
+        """Whether a result is the same picture as a group: one member close (cosine, then pixels), and, as
+        find_duplicates asks, the group's first members agreeing."""
+        close = [o for o in group if float(vectors[o] @ vectors[eid]) >= threshold]
+        if not close or not verify:
+            return bool(close)
+        return (any(pixel_distance(eid, o) <= pixel_threshold for o in close)
+                and _groups_agree([eid], group[:LINK_MEMBERS], pixel_distance, pixel_threshold))
 
     for r in results:
         eid = int(r.embedding_id)
@@ -233,21 +244,24 @@ def collapse(results: Sequence, reader, *, threshold: float | None = None,
             kept.append(r)
             members.append([])
             continue
-        vec, files = found
+        vectors[eid], files = found
         pictures.paths[eid] = files
-        homes = [n for n, g in enumerate(members) if g and any(same_picture(eid, vec, o, v) for o, v in g)]
+        homes = [n for n, g in enumerate(members) if g and joins(eid, g)]
         if homes:
             # its first group's best-ranked result stands for it; groups it joins (a copy that matches both
-            # an earlier crop and an earlier re-encoding the two did not match each other) become one
+            # an earlier crop and an earlier re-encoding the two did not match each other) become one when
+            # their first members agree
             home = members[homes[0]]
-            home.append((eid, vec))
+            home.append(eid)
             for n in homes[1:]:
-                home.extend(members[n])
-                members[n] = []
-                kept[n] = None
+                if not verify or _groups_agree(home[:LINK_MEMBERS], members[n][:LINK_MEMBERS], pixel_distance,
+                                               pixel_threshold):
+                    home.extend(members[n])
+                    members[n] = []
+                    kept[n] = None
             continue
         kept.append(r)
-        members.append([(eid, vec)])
+        members.append([eid])
     kept = [r for r in kept if r is not None]
     out = []
     for i, r in enumerate(kept):
