@@ -10,13 +10,14 @@ so the page can show their thumbnails. The model is ViT-B-32 with random weights
 their values).
 
 HTTP: `clipsearch serve --port 0` in its own process, one keep-alive client in this one, GET
-/api/search?q=TEXT&limit=K. The same texts (the same k) also go through a Reader in this process, in a pass
+/api/search?q=TEXT&limit=K&cutoff=none (random weights give no result the cut-off would call a good match;
+a user's real model does, and each result's catalog row and JSON are part of the cost). The same texts (the same k) also go through a Reader in this process, in a pass
 of their own before the HTTP pass, with the server idle: a query uses the BLAS threads of every core that
 other processes leave idle (clipsearch/_blas.py), so running the two side by side, query by query, would
 make each see the other's threads as load and measure both on one core. A third pass repeats the HTTP
 searches while a CPU-bound process keeps one core busy: what a query costs on a loaded machine.
 Browser: Debian's headless chromium
-opening /?q=TEXT, from navigation start to every thumbnail in view decoded (the page records it in
+opening /?q=TEXT&cutoff=none, from navigation start to every thumbnail in view decoded (the page records it in
 window.clipsearchTimings.grid): new queries with cold thumbnails (made and cached by the server), then the same
 queries again (cached).
 """
@@ -148,24 +149,25 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
     api, api_cpu, answers = [], [], []
     with Reader.open(path) as reader:
         for warm in ("warm up", "a second warm up"):
-            reader.search(Query.text(warm, k=k))
+            reader.search(Query.text(warm, k=k, cutoff="none"))
         for text in texts:
             c0 = time.thread_time()
             t0 = time.perf_counter()
-            res = reader.search(Query.text(text, k=k))
+            res = reader.search(Query.text(text, k=k, cutoff="none"))
             api.append(time.perf_counter() - t0)
             api_cpu.append(time.thread_time() - c0)
             answers.append([x.embedding_id for x in res])
+    assert all(len(a) == k for a in answers), "fewer results than asked for: nothing would be measured past the search"
     _settle()
 
     def over_http(client, texts, **extra):
         wall, inside, cpu = [], [], []
         for warm in ("warm up", "a second warm up"):
-            client.get("/api/search", params={"q": warm, "limit": k}).raise_for_status()
+            client.get("/api/search", params={"q": warm, "limit": k, "cutoff": "none"}).raise_for_status()
         for text in texts:
             s0 = cpu_ns(server_pid)
             t0 = time.perf_counter()
-            r = client.get("/api/search", params={"q": text, "limit": k, **extra})
+            r = client.get("/api/search", params={"q": text, "limit": k, "cutoff": "none", **extra})
             wall.append(time.perf_counter() - t0)
             cpu.append((cpu_ns(server_pid) - s0) / 1e9)
             r.raise_for_status()
@@ -229,7 +231,7 @@ def browser_grid(url: str, path: Path, runs: int) -> None:
         for phase in ("cold", "cached"):
             grid, results = [], []
             for text in texts:
-                driver.get(f"{url}/?q={text.replace(' ', '+')}")
+                driver.get(f"{url}/?q={text.replace(' ', '+')}&cutoff=none")
                 WebDriverWait(driver, 120).until(lambda d: d.execute_script("return window.clipsearchTimings.grid"))
                 t = driver.execute_script("return window.clipsearchTimings")
                 grid.append(t["grid"] / 1000)
@@ -237,6 +239,8 @@ def browser_grid(url: str, path: Path, runs: int) -> None:
             in_view = driver.execute_script(
                 "return [...document.querySelectorAll('#grid .tile')]"
                 ".filter(t => t.getBoundingClientRect().top < innerHeight).length")
+            if not in_view:
+                raise SystemExit("the page showed no thumbnails: the grid's time would measure nothing")
             print(f"    {phase + ' thumbnails:':<19} results listed {fmt(results)}")
             print(f"    {'':<19} first grid     {fmt(grid)}   ({in_view} thumbnails in view)")
     finally:

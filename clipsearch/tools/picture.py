@@ -5,14 +5,13 @@ different renders of "a small red circle at the top" a cosine of 0.9995, as high
 one of them (benchmarks/duplicates.py). So the vectors only propose candidates, and this module decides.
 
 Each image is decoded as the indexer decodes it (EXIF orientation applied, so a rotated copy that says
-so in its EXIF matches), shrunk to BASE pixels on its long side and blurred (JPEG ringing and resampling
-move edges by a fraction of a pixel), and compared with the other over small crop-like registrations
-(one side a crop of the other by up to MAX_CROP of each dimension, anywhere in the frame), both
-resampled to SIDE x SIDE. The registration is searched by the mean difference, then polished on the
-distance itself: the PERCENTILE-th percentile of the per-pixel largest channel difference (0-1).
+so in its EXIF matches) and shrunk to BASE pixels on its long side. Two pictures are compared with their
+pixels' scale kept: frame to frame (re-encoded, converted, resized as a whole), or, when one's size is a
+light crop of the other's (up to MAX_CROP off each dimension), as that crop placed anywhere in the frame.
+Both are resampled to SIDE x SIDE and blurred (JPEG ringing and resampling move edges by a fraction of a
+pixel); the distance is the PERCENTILE-th percentile of the per-pixel largest channel difference (0-1).
 Re-encoding, resizing and light cropping leave it small; another picture of the same thing differs
-somewhere (where an object is, its size, its colour), and at SIDE = 72 (it was 48) a small object's
-few pixels still count.
+somewhere (where an object is, its size, its colour).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ SIDE = 72  # both images are compared at SIDE x SIDE
 BLUR = 1.5  # Gaussian radius at SIDE, pixels
 PERCENTILE = 99.8
 MARGIN = 2  # border pixels (at SIDE) left out of the distance
-COARSE_STEPS = 5  # crop scales and places tried before the local search
+COARSE_STEPS = 5  # crop places tried along each axis before the local search
 REFINE_ROUNDS = 5
 FINAL_ROUNDS = 3
 MAX_CROP = 0.06  # a "light crop": up to 6 % off each dimension
@@ -109,7 +108,8 @@ def _score(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _crop_box(img, sx: float, sy: float, fx: float, fy: float) -> tuple[float, float, float, float]:
-    """The box of `img` that keeps sx, sy of its width and height, placed at fx, fy (0 = left/top edge, 1 = right/bottom)."""
+    """The box of `img` that keeps sx, sy of its width and height, placed at fx, fy (0: left or top, 1: right or
+    bottom)."""
     w, h = img.size
     x0, y0 = (1 - sx) * w * fx, (1 - sy) * h * fy
     return (x0, y0, x0 + sx * w, y0 + sy * h)
@@ -142,8 +142,8 @@ def registered(a: Picture, b: Picture, *, give_up_above: float | None = None):
 
     The crop's place is searched by the mean difference (smooth in the place, so a local search converges;
     the percentile is flat almost everywhere), then polished on the distance itself: the PERCENTILE-th
-    percentile of the per-pixel largest channel difference, away from a MARGIN-pixel border (where blurring
-    a crop and cropping a blurred picture differ). When the coarse placement is already worse than
+    percentile of the per-pixel largest channel difference, away from a MARGIN-pixel border (where a box
+    edge that falls between pixels resamples differently). When the coarse placement is already worse than
     `give_up_above`, that value is returned without refining (a pair that is surely not the same picture)."""
     if abs(np.log(a.aspect / b.aspect)) > MAX_ASPECT_CHANGE:
         return float("inf"), None
