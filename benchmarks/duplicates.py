@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_WORK, machine, versions, vit_b32_weights  # noqa: E402
 
-RENDER_SEED = 5151  # held out: the pixel check was tuned on seed 4242; the demo model was trained on seed 20260101
+RENDER_SEED = 5151  # the pixel check was developed on seeds 4242 and 1001; the demo model was trained on seed 20260101
 COPY_KINDS = ("exact", "q95", "q60", "half", "crop5", "format", "exif")
 
 
@@ -267,7 +267,7 @@ def main() -> None:
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--scale-only", action="store_true", help="only the 100k-vector timing")
     ap.add_argument("--n-scale", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=RENDER_SEED, help="render seed of the set (4242: the one the pixel check was tuned on)")
+    ap.add_argument("--seed", type=int, default=RENDER_SEED, help="render seed of the set (4242 and 1001: the pixel check was developed on them)")
     args = ap.parse_args()
     print(machine())
     print(versions())

@@ -88,6 +88,24 @@ class _Sets:
         return out
 
 
+class _Distances:
+    """Pixel distances between contents (embedding ids), each computed once; inf when either picture cannot
+    be read now (a file offline or unreadable: not called the same picture)."""
+
+    def __init__(self, pictures: picture.PictureCache, pixel_threshold: float):
+        self.pictures = pictures
+        self.give_up_above = 3 * pixel_threshold
+        self.known: dict[tuple[int, int], float] = {}
+
+    def __call__(self, a: int, b: int) -> float:
+        key = (min(a, b), max(a, b))
+        if key not in self.known:
+            pa, pb = self.pictures.get(a), self.pictures.get(b)
+            self.known[key] = (float("inf") if pa is None or pb is None
+                               else picture.distance(pa, pb, give_up_above=self.give_up_above))
+        return self.known[key]
+
+
 def _groups_agree(a: list[int], b: list[int], distance: Callable[[int, int], float], threshold: float) -> bool:
     """Whether two groups, each one picture, are one picture together: the median pixel distance between their
     first members is within LINK_SLACK of the threshold. One close pair is not enough: a light crop of one
@@ -131,15 +149,10 @@ def find_duplicates(reader, *, threshold: float | None = None, similar: bool = F
     pictures = picture.PictureCache(paths, max_pixels=getattr(reader, "max_pixels", None) or 10**8) if verify else None
     not_same = np.ones(len(pi), dtype=bool)
     sample: dict[int, list[int]] = {}  # group root -> its first LINK_MEMBERS members (positions)
-    distances: dict[tuple[int, int], float] = {}
+    by_id = _Distances(pictures, pixel_threshold) if verify else None
 
     def pixel_distance(a: int, b: int) -> float:
-        key = (min(a, b), max(a, b))
-        if key not in distances:
-            pa, pb = pictures.get(int(ids[a])), pictures.get(int(ids[b]))
-            distances[key] = (float("inf") if pa is None or pb is None
-                              else picture.distance(pa, pb, give_up_above=3 * pixel_threshold))
-        return distances[key]
+        return by_id(int(ids[a]), int(ids[b]))
 
     for n, k in enumerate(candidates[np.argsort(-ps[candidates], kind="stable")]):
         a, b = int(pi[k]), int(pj[k])
@@ -152,7 +165,6 @@ def find_duplicates(reader, *, threshold: float | None = None, similar: bool = F
         d = None
         ra, rb = same.find(a), same.find(b)
         if verify:
-            # inf when a file cannot be read now (offline, unreadable): not called the same picture
             d = pixel_distance(a, b)
             if d > pixel_threshold or not _groups_agree(sample.get(ra, [a]), sample.get(rb, [b]), pixel_distance,
                                                         pixel_threshold):
@@ -214,16 +226,8 @@ def collapse(results: Sequence, reader, *, threshold: float | None = None,
     seen_ids: set[int] = set()
     pictures = picture.PictureCache({}, max_pixels=getattr(reader, "max_pixels", None) or 10**8)
 
-    distances: dict[tuple[int, int], float] = {}
+    pixel_distance = _Distances(pictures, pixel_threshold)
     vectors: dict[int, np.ndarray] = {}
-
-    def pixel_distance(a: int, b: int) -> float:
-        key = (min(a, b), max(a, b))
-        if key not in distances:
-            pa, pb = pictures.get(a), pictures.get(b)
-            distances[key] = (float("inf") if pa is None or pb is None
-                              else picture.distance(pa, pb, give_up_above=3 * pixel_threshold))
-        return distances[key]
 
     def joins(eid: int, group: list[int]) -> bool:
         """Whether a result is the same picture as a group: one member close (cosine, then pixels), and, as
