@@ -218,3 +218,20 @@ def test_one_close_pair_does_not_chain_two_pictures_into_one_group(tmp_path):
     sides = sorted(sorted({truth[os.path.basename(p)] for p in g.paths}) for g in groups)
     assert sides == [["a"], ["b"]]  # and each picture's copies all in its group:
     assert sorted(g.size for g in groups) == [8, 8]
+
+
+def test_a_crop_of_a_large_jpeg_is_found_though_the_jpeg_is_decoded_in_draft(tmp_path):
+    """A JPEG well above the working size is decoded at a fraction of its size (DCT scaling); the crop check
+    compares the files' own sizes, so a 5 % crop saved as PNG (decoded whole) is still that crop."""
+    from PIL import Image
+
+    from clipsearch.training import shapes
+
+    scene = {"background": "beige", "objects": [{"shape": "star", "color": "purple", "size": "large", "cell": [1, 1],
+                                                  "r": 36.0, "dx": 2.0, "dy": -3.0, "jitter": [0, 0, 0]}]}
+    big = Image.fromarray(shapes.render_array(scene)).resize((2400, 2400), Image.BICUBIC)
+    big.save(tmp_path / "orig.jpg", quality=92)
+    big.crop((60, 120, 60 + 2280, 120 + 2280)).save(tmp_path / "crop.png")
+    orig, crop = picture.load_picture(tmp_path / "orig.jpg"), picture.load_picture(tmp_path / "crop.png")
+    assert orig.size == (2400, 2400) and crop.size == (2280, 2280)
+    assert picture.distance(orig, crop) <= picture.PIXEL_THRESHOLD

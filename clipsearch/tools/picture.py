@@ -66,13 +66,15 @@ def load_picture(path: bytes | str, *, max_pixels: int = imaging.DEFAULT_MAX_PIX
             return None
         # JPEG draft decoding (DCT scaling) filters differently from a full decode: draft only well above BASE,
         # so that a JPEG and a PNG of one picture shrink to the same working copy
-        img, _ = imaging.decode(data, max_pixels=max_pixels, draft=4 * BASE)
+        img, (w, h) = imaging.decode(data, max_pixels=max_pixels, draft=4 * BASE)
     except (OSError, imaging.ImageError):
         return None
-    w, h = img.size
-    if w < 2 or h < 2:
+    if min(img.size) < 2:
         return None
-    return _working_copy(img)
+    # the file's own size (a draft decode is smaller), turned as its EXIF orientation turned the pixels:
+    # crop_scales compares the sizes of two files
+    turned = (img.width > img.height) != (w > h) and img.width != img.height
+    return _working_copy(img, (h, w) if turned else (w, h))
 
 
 def from_image(img) -> Picture:
@@ -80,12 +82,12 @@ def from_image(img) -> Picture:
     return _working_copy(img.convert("RGB"))
 
 
-def _working_copy(img) -> Picture:
+def _working_copy(img, size: tuple[int, int] | None = None) -> Picture:
     from PIL import Image
 
     w, h = img.size
     scale = BASE / max(w, h)
-    return Picture(img.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.BOX), (w, h))
+    return Picture(img.resize((max(2, round(w * scale)), max(2, round(h * scale))), Image.BOX), size or (w, h))
 
 
 def _array(img, box=None) -> np.ndarray:
