@@ -147,13 +147,14 @@ def registered(a: Picture, b: Picture, *, give_up_above: float | None = None):
     percentile of the per-pixel largest channel difference, away from a MARGIN-pixel border (where a box
     edge that falls between pixels resamples differently). When the coarse placement is already worse than
     `give_up_above`, that value is returned without refining (a pair that is surely not the same picture)."""
-    if abs(np.log(a.aspect / b.aspect)) > MAX_ASPECT_CHANGE:
+    aspect_change = abs(np.log(a.aspect / b.aspect))
+    if aspect_change > MAX_ASPECT_CHANGE:
         return float("inf"), None
     shift = float(np.abs(a.whole.mean(axis=(0, 1)) - b.whole.mean(axis=(0, 1))).max())
     if shift > MAX_MEAN_SHIFT:
         return max(shift, 2 * MAX_MEAN_SHIFT), None  # surely different, found without registering
     best: tuple[float, tuple | None] = (float("inf"), None)
-    if abs(np.log(a.aspect / b.aspect)) <= MAX_RESIZE_ASPECT_CHANGE:
+    if aspect_change <= MAX_RESIZE_ASPECT_CHANGE:
         best = (_score(a.whole, b.whole), (a, b, (0.0, 0.0) + tuple(map(float, a.image.size))))
     for big, small in ((a, b), (b, a)):
         scales = crop_scales(big, small)
@@ -168,25 +169,26 @@ def _crop_distance(big: Picture, small: Picture, scales: tuple[float, float], gi
     sx, sy = scales
     target = small.whole
 
-    def mean_diff(box) -> float:
-        return float(np.abs(_array(big.image, box) - target).mean())
+    def crop(x: float, y: float) -> np.ndarray:
+        return _array(big.image, _crop_box(big.image, sx, sy, x, y))
+
+    def mean_diff(x: float, y: float) -> float:
+        return float(np.abs(crop(x, y) - target).mean())
+
+    def score(x: float, y: float) -> float:
+        return _score(crop(x, y), target)
 
     steps = np.linspace(0.0, 1.0, COARSE_STEPS)
-    v, fx, fy = min((mean_diff(_crop_box(big.image, sx, sy, x, y)), float(x), float(y)) for x in steps for y in steps)
+    v, fx, fy = min((mean_diff(x, y), float(x), float(y)) for x in steps for y in steps)
     if give_up_above is not None:
-        coarse = _score(_array(big.image, _crop_box(big.image, sx, sy, fx, fy)), target)
+        coarse = score(fx, fy)
         if coarse > give_up_above:
             return coarse, None
     step = 1.0 / (COARSE_STEPS - 1)
-    v, (fx, fy) = _local_search(lambda x, y: mean_diff(_crop_box(big.image, sx, sy, x, y)), (fx, fy), v, step / 2,
-                                REFINE_ROUNDS)
+    v, (fx, fy) = _local_search(mean_diff, (fx, fy), v, step / 2, REFINE_ROUNDS)
     # the last steps on the distance itself: the mean difference's best and the percentile's lie apart by a
     # fraction of a pixel, which costs a high-contrast edge a few levels
     step /= 2 ** (REFINE_ROUNDS - 2)
-
-    def score(x, y) -> float:
-        return _score(_array(big.image, _crop_box(big.image, sx, sy, x, y)), target)
-
     v, (fx, fy) = _local_search(score, (fx, fy), score(fx, fy), step, FINAL_ROUNDS)
     return v, (big, small, _crop_box(big.image, sx, sy, fx, fy))
 
