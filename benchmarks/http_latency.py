@@ -140,25 +140,35 @@ def _settle() -> None:
     time.sleep(1.0)  # OpenBLAS threads that spin after a product go to sleep; load samples age
 
 
-def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -> None:
-    import httpx
-
+def api_pass(path: Path, texts: list[str], k: int, engine: str) -> tuple[list, list, list]:
     from clipsearch import Query, Reader
 
-    texts = _texts(n_queries, f"k{k} ")  # new to the server's Reader, which keeps recent texts' vectors
-    api, api_cpu, answers = [], [], []
-    with Reader.open(path) as reader:
+    times, cpu, answers = [], [], []
+    with Reader.open(path, text_engine=engine) as reader:
         for warm in ("warm up", "a second warm up"):
             reader.search(Query.text(warm, k=k, cutoff="none"))
+        used = reader.status()["text_engine"]
+        if used != engine:
+            raise SystemExit(f"the Python API pass asked for the {engine} text engine and got {used}")
         for text in texts:
             c0 = time.thread_time()
             t0 = time.perf_counter()
             res = reader.search(Query.text(text, k=k, cutoff="none"))
-            api.append(time.perf_counter() - t0)
-            api_cpu.append(time.thread_time() - c0)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
             answers.append([x.embedding_id for x in res])
     assert all(len(a) == k for a in answers), "fewer results than asked for: nothing would be measured past the search"
-    _settle()
+    return times, cpu, answers
+
+
+def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -> None:
+    import httpx
+
+    texts = _texts(n_queries, f"k{k} ")  # new to the server's Reader, which keeps recent texts' vectors
+    api, api_cpu, answers = {}, {}, {}
+    for engine in ("numpy", "onnxruntime"):  # Reader.open's default, and what `clipsearch serve` asks for
+        api[engine], api_cpu[engine], answers[engine] = api_pass(path, texts, k, engine)
+        _settle()
 
     def over_http(client, texts, **extra):
         wall, inside, cpu = [], [], []
@@ -177,8 +187,9 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
         over_http.figures = (wall, inside, cpu)
 
     with httpx.Client(base_url=url, timeout=60) as client:
+        engine = client.get("/api/status").json()["text_engine"]
         got = list(over_http(client, texts))
-        assert got == answers, "the server and the Python API ranked differently"  # the same answer
+        assert got == answers[engine], "the server and the Python API ranked differently"  # the same answer
         http, inside, server_cpu = over_http.figures
         _settle()
         list(over_http(client, texts, sort="path"))  # the page asking again with another sort: a text seen before
@@ -194,11 +205,13 @@ def http_vs_api(path: Path, url: str, n_queries: int, k: int, server_pid: int) -
             hog.wait()
         _settle()
     print(f"  warm text search, k={k}, {n_queries} queries (a pass through the Python API, then one over HTTP):")
-    print(f"    Python API (Reader.search)          {fmt(api)}")
-    print(f"    HTTP GET /api/search                {fmt(http)}")
+    for name in api:
+        print(f"    Python API, {name + ' text engine':<23} {fmt(api[name])}"
+              + ("   (Reader.open's default)" if name == "numpy" else ""))
+    print(f"    HTTP GET /api/search                {fmt(http)}   (the server's text engine: {engine})")
     print(f"    (search inside the server)          {fmt(inside)}")
-    print(f"    (HTTP minus API, p50 minus p50)     {1000 * (pct(http, 0.5) - pct(api, 0.5)):7.1f} ms")
-    print(f"    CPU time, API search (its thread)   {fmt(api_cpu)}")
+    print(f"    (HTTP minus API, p50 minus p50)     {1000 * (pct(http, 0.5) - pct(api[engine], 0.5)):7.1f} ms")
+    print(f"    CPU time, API search (its thread)   {fmt(api_cpu[engine])}   ({engine})")
     print(f"    CPU time, server per HTTP request   {fmt(server_cpu)}   (all its threads)")
     print(f"    HTTP, the same texts again, sorted  {fmt(again)}   (inside the server {fmt(again_inside)}; "
           f"their vectors kept by the Reader)")

@@ -132,6 +132,7 @@ def warm(path: Path, n_queries: int, compare_torch: bool) -> None:
             index.index.search(q, 26)
             fx.append(time.perf_counter() - t)
         print(f"    {'(faiss IndexFlatIP search)':<24} {fmt(fx)}")
+        onnx_engine(path, texts, enc)
         if compare_torch:
             from clipsearch.encoders import load_encoder
 
@@ -147,6 +148,34 @@ def warm(path: Path, n_queries: int, compare_torch: bool) -> None:
                 cos = float(np.min(np.sum(full.embed_texts(texts) * ref, axis=1)))
                 print(f"    {'(torch ' + precision + ')':<24} {fmt(xs)}   min cosine vs numpy fp32 {cos:.6f}")
                 del full
+
+
+def onnx_engine(path: Path, texts: list[str], numpy_enc) -> None:
+    """The same texts through the engine `clipsearch serve` uses (Reader's text_engine="onnxruntime")."""
+    import numpy as np
+
+    from clipsearch import Query, Reader
+
+    with Reader.open(path, text_engine="onnxruntime") as reader:
+        t = time.perf_counter()
+        enc = reader.text_encoder()
+        setup = time.perf_counter() - t
+        if enc.engine != "onnxruntime":
+            print("    (onnxruntime engine)     not available: pip install onnxruntime onnx")
+            return
+        reader.search(Query.text("warm up", k=10))
+        encode, total = [], []
+        for text in texts:
+            t0 = time.perf_counter()
+            enc.embed_texts([text + " again"])
+            t1 = time.perf_counter()
+            reader.search(Query.text(text, k=10))
+            total.append(time.perf_counter() - t1)
+            encode.append(t1 - t0)
+        cos = float(np.min(np.sum(enc.embed_texts(texts) * numpy_enc.embed_texts(texts), axis=1)))
+        print(f"    {'onnxruntime engine:':<24} (what `clipsearch serve` uses; set up in {setup:.1f} s)")
+        print(f"    {'  text encoding':<24} {fmt(encode)}   min cosine vs numpy fp32 {cos:.6f}")
+        print(f"    {'  Reader.search total':<24} {fmt(total)}")
 
 
 CHILD = r"""

@@ -108,7 +108,7 @@ def _serve(library, host: str, port: int, *, open_browser: bool, allow_hosts: tu
         if split_host(name) is None:
             raise click.BadParameter(f"not a host name: {name!r}", param_hint="--allow-host")
     access = plan_access(host, allow_hosts, os.environ)
-    reader = Reader.open(library or default_library())
+    reader = Reader.open(library or default_library(), text_engine="onnxruntime")  # a long-lived process
     try:
         reader.vector_index()  # load (or rebuild) the search cache and the text model before the first visitor
         reader.text_encoder()

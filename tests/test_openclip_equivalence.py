@@ -97,7 +97,7 @@ def runs(hf_cache, tmp_path_factory):
     import open_clip
     import torch
 
-    from clipsearch import Library
+    from clipsearch import Library, Reader
 
     cache, _ = hf_cache
     base = tmp_path_factory.mktemp("equivalence")
@@ -116,6 +116,9 @@ def runs(hf_cache, tmp_path_factory):
         with Library.open(base / "lib", create=False, precision="fp32") as lib:  # opened for search only
             light = lib.text_encoder()
             ours_text = light.embed_texts(list(TEXTS.values()))
+        with Reader.open(base / "lib", text_engine="onnxruntime") as reader:  # what `clipsearch serve` opens
+            onnx_text = reader.embed_texts(list(TEXTS.values()))
+            onnx_engine = reader.status()["text_engine"]
 
         model, preprocess = open_clip.create_model_from_pretrained(ARCH, pretrained=TAG, cache_dir=str(cache))
         model.eval()
@@ -131,6 +134,7 @@ def runs(hf_cache, tmp_path_factory):
             drafted = {n: encode(as_pillow_opens_it(photos / n, draft=224)) for n in PHOTOS}
             unrotated = encode(as_pillow_opens_it(photos / "portrait-exif.jpg", transpose=False))
     return {"photos": photos, "stored": stored, "light": light, "ours_text": ours_text, "theirs_text": theirs_text,
+            "onnx_text": onnx_text, "onnx_engine": onnx_engine,
             "tokens": tokens.numpy(), "tokenizer": tokenizer, "full": full, "drafted": drafted, "unrotated": unrotated}
 
 
@@ -150,6 +154,18 @@ def test_numpy_text_tower_is_open_clips_encode_text(runs):
     # the comparison can fail: different texts are far apart, compared with TEXT_GAP
     cross = theirs @ theirs.T
     assert (1 - cross[~np.eye(len(TEXTS), dtype=bool)]).min() > 1e-2
+
+
+def test_onnxruntime_text_tower_is_open_clips_encode_text(runs):
+    """The engine `clipsearch serve` uses: the same texts in one batch (so with padding cut at the longest
+    text's end token, and the over-length text cut at 77) give open_clip's vectors."""
+    assert runs["onnx_engine"] == "onnxruntime"
+    ours, theirs = runs["onnx_text"], runs["theirs_text"]
+    gaps = {name: gap(a, b) for name, a, b in zip(TEXTS, ours, theirs)}
+    print(f"\nONNX Runtime text tower, 1 - cosine to open_clip: {gaps}; max |difference| "
+          f"{np.abs(ours - theirs).max():.2e}")
+    assert max(gaps.values()) <= TEXT_GAP, gaps
+    assert np.abs(ours - theirs).max() <= 1e-5
 
 
 def test_stored_vectors_are_open_clips_encode_image(runs):

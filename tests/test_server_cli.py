@@ -151,6 +151,7 @@ def test_a_real_server_answers_and_stops_cleanly_on_a_signal(library, sig, tmp_p
         assert not url.endswith(":8000/")  # the port came from the config file
         status = httpx.get(url + "api/status", timeout=60).json()
         assert status["images"] == 36 and status["model"] == "shapes"
+        assert status["text_engine"] == "onnxruntime"  # a long-lived process: the faster engine, set up at start
         res = httpx.get(url + "api/search", params={"q": "a red circle", "limit": 3}, timeout=60)
         assert res.status_code == 200 and len(res.json()["results"]) == 3
         proc.send_signal(sig)

@@ -201,6 +201,21 @@ class NumpyTextEncoder:
         else:
             self.proj = p.get("text_projection")
             self.proj_b = None
+        self.engine = "numpy"
+        self._onnx = None
+
+    def use_onnxruntime(self) -> bool:
+        """Run the transformer with ONNX Runtime from now on (textonnx.py: ~2x faster per query; ~1 s and a
+        packed copy of the weights to set up). False, and numpy as before, when onnxruntime is not installed
+        or cannot run this tower."""
+        if self._onnx is None:
+            from . import textonnx
+
+            tower = textonnx.build(self)
+            if tower is None:
+                return False
+            self._onnx, self.engine = tower, "onnxruntime"
+        return True
 
     def tokenize(self, texts) -> np.ndarray:
         tokens = self.tokenizer(list(texts), self.context_length)
@@ -231,6 +246,8 @@ class NumpyTextEncoder:
         tokens = tokens[:, :n]
         x = self.tok[tokens] + self.pos[:n]  # (B, n, width)
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+        if self._onnx is not None:
+            return self._pool(self._onnx.run(x, mask), ends)
         for blk in self.blocks:
             h = _layer_norm(x, *blk["ln1"])
             a = _attention(h, blk, self.heads, mask)
@@ -240,7 +257,9 @@ class NumpyTextEncoder:
             h = _quick_gelu(h) if self.quick_gelu else _gelu(h)
             h = _linear(h, blk["proj"], blk["proj_b"])
             x = x + (h * blk["ls2"] if blk["ls2"] is not None else h)
-        x = _layer_norm(x, *self.ln_final)
+        return self._pool(_layer_norm(x, *self.ln_final), ends)
+
+    def _pool(self, x: np.ndarray, ends: np.ndarray) -> np.ndarray:
         pooled = x[np.arange(x.shape[0]), ends]
         if self.proj is not None:
             pooled = pooled @ self.proj
