@@ -92,6 +92,21 @@ def _command(handle_errors, library_option) -> click.Command:
     return serve
 
 
+def open_reader(path):
+    """The Reader a server answers from: the faster text engine (a long-lived process; Reader.text_encoder),
+    with the search cache and the text model loaded (or the cache rebuilt) before the first visitor."""
+    from .reader import Reader
+
+    reader = Reader.open(path, text_engine="onnxruntime")
+    try:
+        reader.vector_index()
+        reader.text_encoder()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
 def _serve(library, host: str, port: int, *, open_browser: bool, allow_hosts: tuple[str, ...],
            thumb_cache_mb: int) -> None:
     missing = _missing_web_extra()
@@ -99,7 +114,6 @@ def _serve(library, host: str, port: int, *, open_browser: bool, allow_hosts: tu
         click.echo(f"Error: {INSTALL_HINT} (missing: {missing})", err=True)
         sys.exit(1)
     from .cli import default_library
-    from .reader import Reader
     from .server import create_app
     from .server.runner import bind, make_server
     from .server.security import split_host
@@ -108,10 +122,8 @@ def _serve(library, host: str, port: int, *, open_browser: bool, allow_hosts: tu
         if split_host(name) is None:
             raise click.BadParameter(f"not a host name: {name!r}", param_hint="--allow-host")
     access = plan_access(host, allow_hosts, os.environ)
-    reader = Reader.open(library or default_library(), text_engine="onnxruntime")  # a long-lived process
+    reader = open_reader(library or default_library())
     try:
-        reader.vector_index()  # load (or rebuild) the search cache and the text model before the first visitor
-        reader.text_encoder()
         info = reader.status()
         try:
             sock = bind(host, port)

@@ -80,7 +80,7 @@ class Library:
     def __init__(self, path: Path, catalog: Catalog, *, model: str, encoder=None, device: str = "auto",
                  precision: str = "auto", batch_size: int = 32, workers: int | None = None,
                  max_pixels: int = imaging.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False,
-                 allow_truncated: bool = False):
+                 allow_truncated: bool = False, text_engine: str = "numpy"):
         self.path = path
         self.follow_symlinks = follow_symlinks
         self.allow_truncated = allow_truncated
@@ -94,7 +94,7 @@ class Library:
         self.lock = WriterLock(path)
         self.cache = SearchCache(path, catalog)
         self.reader = Reader(path, catalog, model=model, encoder=encoder, device=device, precision=precision,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, text_engine=text_engine)  # text_engine: see Reader.text_encoder
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -133,7 +133,11 @@ class Library:
             with storage_errors(f"opening the library at {path}"):
                 raise e
             raise
-        return cls(path, catalog, model=stored, encoder=encoder, **options)
+        try:
+            return cls(path, catalog, model=stored, encoder=encoder, **options)
+        except BaseException:
+            catalog.close()
+            raise
 
     def close(self) -> None:
         self._release_lock()

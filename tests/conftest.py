@@ -18,7 +18,8 @@ SHAPES_SAMPLE = REPO.parent / "shared" / "shapes-sample"  # the team's shared fo
 # -- the environment: no test reads or writes the user's real directories -------------------------------------
 # knobs of the test suite itself (sizes of stress runs, where the sample is): a user's values are kept
 TEST_KNOBS = frozenset({"CLIPSEARCH_SHAPES_SAMPLE", "CLIPSEARCH_STRESS_FILES", "CLIPSEARCH_STRESS_FILES_CI",
-                        "CLIPSEARCH_MULTIFRAME_FILES", "CLIPSEARCH_CRASH_ROUNDS", "CLIPSEARCH_CRASH_SEED"})
+                        "CLIPSEARCH_MULTIFRAME_FILES", "CLIPSEARCH_CRASH_ROUNDS", "CLIPSEARCH_CRASH_SEED",
+                        "CLIPSEARCH_WRITE_SCREENSHOT"})
 # other names for the Hugging Face cache that huggingface_hub or transformers would honour
 HF_ALIASES = ("HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE", "HF_ASSETS_CACHE")
 

@@ -163,3 +163,13 @@ def test_an_unknown_engine_is_refused(library):
 
     with pytest.raises(ValueError, match="text_engine must be one of numpy, onnxruntime"):
         Reader.open(library, text_engine="torch")
+
+
+def test_a_library_passes_its_engine_to_its_reader(library):
+    from clipsearch import Library, Query
+
+    with Library.open(library, create=False, text_engine="onnxruntime") as lib:
+        assert len(lib.search(Query.text("a red circle", k=3, cutoff="none"))) == 3
+        assert lib.status()["text_engine"] == "onnxruntime"
+    with pytest.raises(ValueError, match="text_engine must be one of"):
+        Library.open(library, create=False, text_engine="bf16")

@@ -44,14 +44,15 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from clipsearch import Query, Reader, Term  # noqa: E402
+from clipsearch import Query, Term  # noqa: E402
+from clipsearch.cli_serve import open_reader  # noqa: E402
 from clipsearch.server import create_app  # noqa: E402
 from clipsearch.server.runner import ServerThread  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory):
-    r = Reader.open(quickstart_library(tmp_path_factory))
+    r = open_reader(quickstart_library(tmp_path_factory))  # as `clipsearch serve` opens it
     yield r
     r.close()
 
