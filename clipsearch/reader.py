@@ -124,7 +124,7 @@ class Reader:
         before). Either way the library's recorded model is checked.
 
         `text_engine="onnxruntime"` (what `clipsearch serve` asks for) runs that tower's transformer with ONNX
-        Runtime when it is installed: ~2.5x faster per query after ~1-2 s of set-up (encoders/textonnx.py).
+        Runtime when it is installed: ~2x faster per query after ~1-2 s of set-up (encoders/textonnx.py).
         Its products sum in another order, so its vectors agree with numpy's to float32 rounding, not bit
         for bit; one Reader keeps one engine."""
         if self._text_encoder is None:

@@ -111,19 +111,20 @@ def _graph(enc) -> tuple[bytes, dict]:
         inits.append(t)
         return name
 
-    def op(kind: str, *inputs: str, **attrs) -> str:
-        out = f"t{next(names)}"
+    def op(kind: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or f"t{next(names)}"
         nodes.append(helper.make_node(kind, list(inputs), [out], **attrs))
         return out
 
-    def layer_norm(x: str, wb: tuple) -> str:
+    def layer_norm(x: str, wb: tuple, out: str | None = None) -> str:
         return op("LayerNormalization", x, const(wb[0].astype(np.float32)), const(wb[1].astype(np.float32)),
-                  axis=-1, epsilon=1e-5)
+                  axis=-1, epsilon=1e-5, out=out)
 
     def linear(x: str, w: np.ndarray, b: np.ndarray) -> str:  # (B, n, in) -> (B, n, out); w: torch's (out, in)
-        flat = op("Gemm", op("Reshape", x, const(np.array([-1, w.shape[1]], np.int64))), matrix(w), const(np.asarray(b, np.float32)), transB=1)
-        return op("Reshape", flat, op("Concat", op("Shape", x, end=-1), const(np.array([w.shape[0]], np.int64)),
-                                      axis=0))
+        rows = op("Reshape", x, const(np.array([-1, w.shape[1]], np.int64)))  # Gemm takes 2-D operands
+        flat = op("Gemm", rows, matrix(w), const(np.asarray(b, np.float32)), transB=1)
+        shape = op("Concat", op("Shape", x, end=-1), const(np.array([w.shape[0]], np.int64)), axis=0)
+        return op("Reshape", flat, shape)
 
     width = enc.blocks[0]["out"].shape[0]
     heads = enc.heads
@@ -155,9 +156,7 @@ def _graph(enc) -> tuple[bytes, dict]:
         if blk["ls2"] is not None:
             h = op("Mul", h, const(blk["ls2"].astype(np.float32)))
         x = op("Add", x, h)
-    out = layer_norm(x, enc.ln_final)
-    nodes[-1].output[0] = "y"
-    del out
+    layer_norm(x, enc.ln_final, out="y")
     graph = helper.make_graph(
         nodes, "clip_text_tower",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", width]),
