@@ -1,10 +1,11 @@
 """The light text tower's transformer run by ONNX Runtime, for processes that answer many queries.
 
 A query's text tower multiplies a handful of token rows by 38 M float32 weights (151 MB for ViT-B-32).
-OpenBLAS's GEMM is slow at that shape: with ~10 rows it streams the weights at 5-10 GB/s where its
-matrix-vector product reaches 13-24 GB/s (measured on 2 cores of an AMD EPYC). ONNX Runtime packs each
-weight matrix once, when its session is built, for its own kernels (MLAS), and then runs the same products
-about twice as fast (benchmarks/query_latency.py prints both engines side by side). The set-up costs ~1 s
+OpenBLAS's GEMM is slow at that shape: with 10 rows it streams the weights at 4.9 GB/s on one thread and
+9.6 on two, where its matrix-vector product reaches 13.5 and 17.0 (benchmarks/text_products.py, 2 cores of
+an AMD EPYC). ONNX Runtime packs each weight matrix once, when its session is built, for its own kernels
+(MLAS), and then runs the same products at 13.2 and 21.0 GB/s; a whole text costs about half
+(benchmarks/query_latency.py prints both engines side by side). The set-up costs ~1 s
 and ~200 MB (the packed copy) once, so a one-off `clipsearch query` keeps numpy and `clipsearch serve` builds
 this (Reader's `text_engine`). The weights are handed to the session from the encoder's own arrays, not
 serialized into the model (that took ~1 s more and left copies behind).
