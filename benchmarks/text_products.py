@@ -47,28 +47,20 @@ def median_time(fn, repeats: int) -> float:
 
 
 def onnx_products(ws: list[np.ndarray], threads: int):
-    import onnxruntime as ort
+    """A session of the 48 products alone, built as the server's text tower is (encoders/textonnx.py)."""
     from onnx import TensorProto, helper
 
-    nodes, inits, inputs, values = [], [], [], []
-    for i, w in enumerate(ws):
-        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["rows", w.shape[1]]))
-        t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=w.shape)
-        t.data_location = TensorProto.EXTERNAL
-        t.external_data.add(key="location", value="in-memory")
-        inits.append(t)
-        nodes.append(helper.make_node("Gemm", [f"x{i}", f"w{i}"], [f"y{i}"], transB=1))
+    from clipsearch.encoders.textonnx import external_weight, session
+
+    weights = {f"w{i}": w for i, w in enumerate(ws)}
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["rows", w.shape[1]]) for i, w in enumerate(ws)]
     outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", w.shape[0]]) for i, w in enumerate(ws)]
+    nodes = [helper.make_node("Gemm", [f"x{i}", name], [f"y{i}"], transB=1) for i, name in enumerate(weights)]
+    inits = [external_weight(name, w) for name, w in weights.items()]
     model = helper.make_model(helper.make_graph(nodes, "products", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    values = [ort.OrtValue.ortvalue_from_numpy(w) for w in ws]
-    opts.add_external_initializers([f"w{i}" for i in range(len(ws))], values)
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return session, values
+    return session(model.SerializeToString(), weights, threads)
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """The light text tower's transformer run by ONNX Runtime, for processes that answer many queries.
 
 A query's text tower multiplies a handful of token rows by 38 M float32 weights (151 MB for ViT-B-32).
-OpenBLAS's GEMM is slow at that shape: with 10 rows it streams the weights at 4.9 GB/s on one thread and
-9.6 on two, where its matrix-vector product reaches 13.5 and 17.0 (benchmarks/text_products.py, 2 cores of
-an AMD EPYC). ONNX Runtime packs each weight matrix once, when its session is built, for its own kernels
-(MLAS), and then runs the same products at 13.2 and 21.0 GB/s; a whole text costs about half
+OpenBLAS's GEMM is slow at that shape: with 10 rows it streams the weights at 4.3-4.9 GB/s on one thread
+and 7.4-9.6 on two, where its matrix-vector product reaches 12-13.5 and 17-24 (benchmarks/text_products.py,
+2 cores of an AMD EPYC). ONNX Runtime packs each weight matrix once, when its session is built, for its own
+kernels (MLAS), and then runs the same products 1.6-2.8x faster than the GEMM; a whole text costs about half
 (benchmarks/query_latency.py prints both engines side by side). The set-up costs ~1 s
 and ~200 MB (the packed copy) once, so a one-off `clipsearch query` keeps numpy and `clipsearch serve` builds
 this (Reader's `text_engine`). The weights are handed to the session from the encoder's own arrays, not
@@ -59,26 +59,44 @@ class OnnxTower:
     """run(x, mask): the transformer blocks and the final LayerNorm of a CLIP text tower."""
 
     def __init__(self, encoder):
-        import onnxruntime as ort
-
         model, weights = _graph(encoder)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = _threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3  # errors only, for this session
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self._weights = [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()]  # views of the arrays
-        opts.add_external_initializers(list(weights), self._weights)
+        self.threads = _threads()
+        self._session, self._weights = session(model, weights, self.threads)
         self._arrays = weights  # the session reads these; they must live as long as it does
-        self.threads = opts.intra_op_num_threads
-        self._session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def run(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """x: (B, n, width) float32 token plus position embeddings; mask: (n, n) additive causal mask."""
         return self._session.run(None, {"x": np.ascontiguousarray(x, np.float32),
                                         "mask": np.ascontiguousarray(mask, np.float32)})[0]
+
+
+def session(model: bytes, weights: dict[str, np.ndarray], threads: int):
+    """An ONNX Runtime CPU session of `model` whose external weights (external_weight) are read from `weights`'
+    arrays in place, with `threads` threads that sleep when idle, logging only errors; and the OrtValues it
+    reads, which must outlive it (as must the arrays)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only, for this session
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in weights.values()]  # views of the arrays
+    opts.add_external_initializers(list(weights), values)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]), values
+
+
+def external_weight(name: str, w: np.ndarray):
+    """The model's placeholder for float32 matrix `w`: external data "in memory", which session() replaces
+    with the array itself."""
+    from onnx import TensorProto
+
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=w.shape)
+    t.data_location = TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="in-memory")
+    return t
 
 
 def _threads() -> int:
@@ -106,10 +124,7 @@ def _graph(enc) -> tuple[bytes, dict]:
     def matrix(w: np.ndarray) -> str:
         name = f"w{next(names)}"
         weights[name] = w = np.ascontiguousarray(w, np.float32)  # the encoder's own array when it is one
-        t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=w.shape)
-        t.data_location = TensorProto.EXTERNAL
-        t.external_data.add(key="location", value="in-memory")  # the session's external initializers replace it
-        inits.append(t)
+        inits.append(external_weight(name, w))
         return name
 
     def op(kind: str, *inputs: str, out: str | None = None, **attrs) -> str:
